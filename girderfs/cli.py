@@ -1,0 +1,354 @@
+"""Command line: ``girderfs mount URL MOUNTPOINT`` and ``girderfs unmount MOUNTPOINT``."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import getpass
+import logging
+import os
+import re
+import select
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+
+from .errors import GirderFSError
+
+log = logging.getLogger('girderfs')
+
+READY_TIMEOUT = 60.0
+SIZE_UNITS = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
+
+
+class CliError(Exception):
+    """A problem to report to the user in one line, with exit status 1."""
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*', text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f'not a size: {text!r} (examples: 512M, 10G)')
+    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    return os.path.join(base, 'girderfs')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog='girderfs',
+                                description='Mount a Girder server as a filesystem.')
+    sub = p.add_subparsers(dest='command', required=True)
+
+    m = sub.add_parser('mount', help='mount a Girder server')
+    m.add_argument('api_url', help='Girder API URL, like http://host:8080/api/v1')
+    m.add_argument('mountpoint')
+    m.add_argument('--root', help='Girder path to mount instead of the top, like /collection/Data')
+    m.add_argument('--foreground', '-f', action='store_true', help='stay in the foreground')
+    m.add_argument('--read-only', action='store_true', help='refuse every change (EROFS)')
+    m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
+    m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
+                   help='bound of the block cache, LRU (default 10G)')
+    m.add_argument('--block-size', type=parse_size, default=parse_size('256K'),
+                   help='cache block size (default 256K)')
+    m.add_argument('--attr-timeout', type=float, default=5.0,
+                   help='seconds listings and attributes are cached (default 5)')
+    m.add_argument('--item-check', type=int, default=256,
+                   help='in folders with at most this many items, read every item\'s files at '
+                        'listing time (default 256)')
+    m.add_argument('--log-level', default='INFO',
+                   choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'])
+    m.add_argument('--log-file', help='log file (default: CACHE_DIR/girderfs.log in background)')
+    m.add_argument('-o', dest='fuse_options', action='append', default=[],
+                   help='FUSE mount options, comma separated (for example allow_other)')
+    m.add_argument('--api-key-file', help='file holding a Girder API key')
+    m.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
+                                      'or a prompt)')
+    m.add_argument('--ca-bundle', help='CA bundle for TLS verification')
+    m.add_argument('--timeout', type=float, default=60.0,
+                   help='seconds to wait for the server on one request (default 60)')
+
+    u = sub.add_parser('unmount', help='unmount a girderfs mount')
+    u.add_argument('mountpoint')
+    u.add_argument('--lazy', '-z', action='store_true', help='detach now, clean up when unused')
+    return p
+
+
+# --- credentials ---------------------------------------------------------------------------
+def authenticate(client, args: argparse.Namespace) -> str:
+    """Log in with the first credential source found; return a description for the log."""
+    try:
+        if args.api_key_file:
+            client.login_api_key(read_secret_file(args.api_key_file))
+            return 'API key file'
+        if os.environ.get('GIRDER_API_KEY'):
+            client.login_api_key(os.environ['GIRDER_API_KEY'].strip())
+            return 'GIRDER_API_KEY'
+        if os.environ.get('GIRDER_TOKEN'):
+            client.login_token(os.environ['GIRDER_TOKEN'].strip())
+            return 'GIRDER_TOKEN'
+        if args.username:
+            password = os.environ.get('GIRDER_PASSWORD')
+            if password is None:
+                if not sys.stdin or not sys.stdin.isatty():
+                    raise CliError('--username needs GIRDER_PASSWORD set or a terminal to ask on')
+                password = getpass.getpass(f'Girder password for {args.username}: ')
+            client.login_password(args.username, password)
+            return f'user {args.username}'
+    except GirderFSError as exc:
+        if exc.errno == errno.EACCES or exc.errno == errno.EINVAL or exc.errno == errno.ENOENT:
+            raise CliError('authentication failed: the server refused the credentials') from None
+        raise CliError(f'authentication failed: {exc.reason}') from None
+    return 'anonymous'
+
+
+def read_secret_file(path: str) -> str:
+    try:
+        st = os.stat(path)
+        with open(path, encoding='utf-8') as fh:
+            secret = fh.read().strip()
+    except OSError as exc:
+        raise CliError(f'cannot read API key file {path}: {exc.strerror}') from None
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning('API key file %s is readable by others; chmod 600 it', path)
+    if not secret:
+        raise CliError(f'API key file {path} is empty')
+    return secret
+
+
+# --- checks before mounting ------------------------------------------------------------------
+def check_server(client) -> str:
+    """Return the server's Girder version, or a CliError saying why it is not usable."""
+    try:
+        resp = client._send('GET', 'system/version', 'auth')
+    except GirderFSError as exc:
+        raise CliError(f'cannot reach {client.api_url}: {exc.reason}') from None
+    try:
+        doc = resp.json() if resp.status_code == 200 else None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or 'release' not in doc and 'apiVersion' not in doc:
+        raise CliError(f'{client.api_url} is not a Girder API (expected a URL like '
+                       f'http://host:8080/api/v1; got HTTP {resp.status_code})')
+    return str(doc.get('release') or doc.get('apiVersion'))
+
+
+def mounted_paths() -> set[str]:
+    paths = set()
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as fh:
+            for line in fh:
+                paths.add(line.split()[4].encode().decode('unicode_escape'))
+    except OSError:
+        pass
+    return paths
+
+
+def check_mountpoint(path: str) -> str:
+    path = os.path.abspath(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise CliError(f'mountpoint {path} does not exist') from None
+    except OSError as exc:
+        if exc.errno == errno.ENOTCONN:
+            # A previous mount died: clear the dead endpoint, then mount again.
+            log.warning('%s: stale mount (transport endpoint not connected); cleaning up', path)
+            fusermount(path, lazy=True, quiet=True)
+            return check_mountpoint(path)
+        raise CliError(f'mountpoint {path}: {exc.strerror}') from None
+    if path in mounted_paths():
+        raise CliError(f'mountpoint {path} is already mounted')
+    if not stat.S_ISDIR(st.st_mode):
+        raise CliError(f'mountpoint {path} is not a directory')
+    if os.listdir(path):
+        raise CliError(f'mountpoint {path} is not empty')
+    return path
+
+
+def fusermount(path: str, lazy: bool = False, quiet: bool = False) -> bool:
+    tool = shutil.which('fusermount3') or shutil.which('fusermount')
+    cmd = [tool, '-u'] + (['-z'] if lazy else []) + [path] if tool else \
+        ['umount'] + (['-l'] if lazy else []) + [path]
+    res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                         timeout=60)
+    if res.returncode != 0 and not quiet:
+        raise CliError((res.stderr or res.stdout).strip().splitlines()[-1]
+                       if (res.stderr or res.stdout).strip() else f'unmount of {path} failed')
+    return res.returncode == 0
+
+
+# --- logging -----------------------------------------------------------------------------
+def setup_logging(level: str, log_file: str | None) -> None:
+    root = logging.getLogger()
+    root.handlers.clear()
+    if log_file:
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        handler: logging.Handler = logging.StreamHandler(os.fdopen(fd, 'a', buffering=1))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
+    root.addHandler(handler)
+    root.setLevel(level)
+    # Our own log lines say what failed; the libraries' debug output would repeat it.
+    logging.getLogger('urllib3').setLevel(max(logging.INFO, root.level))
+    logging.getLogger('mfusepy').setLevel(max(logging.INFO, root.level))
+
+
+# --- mount -------------------------------------------------------------------------------
+def cmd_mount(args: argparse.Namespace) -> int:
+    from .client import GirderClient
+    from .namespace import root_node
+
+    cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
+    setup_logging(args.log_level if args.foreground else 'WARNING', None)
+    mountpoint = check_mountpoint(args.mountpoint)
+    verify = args.ca_bundle or True
+    client = GirderClient(args.api_url, read_timeout=args.timeout, verify=verify)
+    version = check_server(client)
+    who = authenticate(client, args)
+    try:
+        root = root_node(client, args.root)
+    except GirderFSError as exc:
+        raise CliError(exc.reason) from None
+    try:
+        os.makedirs(cache_dir, mode=0o700, exist_ok=True)
+        os.chmod(cache_dir, 0o700)
+    except OSError as exc:
+        raise CliError(f'cache dir {cache_dir}: {exc.strerror}') from None
+
+    settings = dict(api_url=args.api_url, token=client._token, verify=verify, root=root,
+                    mountpoint=mountpoint, cache_dir=cache_dir, args=args)
+    if args.foreground:
+        log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who, mountpoint)
+        return run_mount(settings, ready=None)
+    return daemonize(settings, version, who)
+
+
+def daemonize(settings: dict, version: str, who: str) -> int:
+    """Fork; the parent returns once the mount is ready (or reports why it failed)."""
+    args = settings['args']
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(rfd)
+        os.setsid()
+        log_file = args.log_file or os.path.join(settings['cache_dir'], 'girderfs.log')
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        setup_logging(args.log_level, log_file)
+        log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who,
+                 settings['mountpoint'])
+        status = 1
+        try:
+            status = run_mount(settings, ready=wfd)
+        except BaseException as exc:  # report to the waiting parent, then exit
+            log.error('mount failed: %s', exc)
+            _tell(wfd, f'mount failed: {exc}')
+        os._exit(status)
+    os.close(wfd)
+    with os.fdopen(rfd, 'r') as pipe:
+        # The child writes and closes the pipe when ready or failed; its death closes it too.
+        readable, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
+        message = pipe.read() if readable else ''
+    if message.strip() == 'ready':
+        print(f'girderfs: mounted {args.api_url} on {settings["mountpoint"]}')
+        return 0
+    if not readable:
+        os.kill(pid, signal.SIGTERM)
+        raise CliError(f'the mount was not ready after {READY_TIMEOUT:.0f} s (see the log)')
+    os.waitpid(pid, 0)
+    raise CliError(message.strip() or 'the mount process exited before the mount was ready')
+
+
+def _tell(fd: int | None, message: str) -> None:
+    if fd is None:
+        return
+    try:
+        os.write(fd, message.encode())
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def run_mount(settings: dict, ready: int | None) -> int:
+    """Build the layers and run the FUSE loop until unmounted."""
+    from .cache import BlockStore
+    from .client import GirderClient
+    from .fuselib import mfusepy
+    from .namespace import Namespace
+    from .operations import GirderOperations
+    from .reader import Reader
+
+    args = settings['args']
+    os.umask(0o077)  # cache files and logs are the owner's only
+    client = GirderClient(settings['api_url'], read_timeout=args.timeout,
+                          verify=settings['verify'])
+    if settings['token']:
+        client.set_token(settings['token'])
+    store = BlockStore(os.path.join(settings['cache_dir'], 'blocks'), args.cache_size,
+                       args.block_size)
+    ns = Namespace(client, settings['root'], ttl=args.attr_timeout, item_check=args.item_check,
+                   read_only=True)
+    reader = Reader(client, store)
+    ops = GirderOperations(ns, reader, attr_timeout=args.attr_timeout)
+    if ready is not None:
+        original = ops.init_with_config
+
+        def init_and_tell(conn, config):
+            original(conn, config)
+            _tell(ready, 'ready')
+
+        ops.init_with_config = init_and_tell
+    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': True}
+    for group in args.fuse_options:
+        for opt in filter(None, group.split(',')):
+            key, _, value = opt.partition('=')
+            options[key] = value if value else True
+    if options.get('allow_other'):
+        options['default_permissions'] = True
+    try:
+        mfusepy.FUSE(ops, settings['mountpoint'], raw_fi=True, foreground=True, nothreads=False,
+                     **options)
+    except RuntimeError as exc:
+        log.error('FUSE failed: %s', exc)
+        _tell(ready, f'FUSE could not mount {settings["mountpoint"]} (see the log)')
+        return 1
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_unmount(args: argparse.Namespace) -> int:
+    path = os.path.abspath(args.mountpoint)
+    if path not in mounted_paths():
+        raise CliError(f'{path} is not mounted')
+    fusermount(path, lazy=args.lazy)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == 'mount':
+            return cmd_mount(args)
+        return cmd_unmount(args)
+    except CliError as exc:
+        print(f'girderfs: error: {exc}', file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print('girderfs: interrupted', file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one line for the user, details in the debug log
+        log.debug('internal error', exc_info=True)
+        print(f'girderfs: error: internal error: {type(exc).__name__}: {exc}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,35 @@
+"""Errors raised by the client and namespace layers, each carrying the errno FUSE returns."""
+
+from __future__ import annotations
+
+import errno
+
+
+class GirderFSError(OSError):
+    """An error with an errno for the FUSE layer and a one-line reason for the log."""
+
+    def __init__(self, err: int, reason: str) -> None:
+        super().__init__(err, reason)
+        self.reason = reason
+
+
+def errno_for_status(status: int, message: str) -> int:
+    """Map a Girder HTTP error status (and its message) to an errno."""
+    text = message.lower()
+    if status in (401, 403):
+        return errno.EACCES
+    if status == 404:
+        return errno.ENOENT
+    if status == 400:
+        if 'invalid' in text and ('id' in text or 'objectid' in text):
+            return errno.ENOENT
+        if 'quota' in text:
+            return errno.EDQUOT
+        if 'read-only' in text or 'read only' in text:
+            return errno.EROFS
+        if 'already exists' in text or 'same name' in text:
+            return errno.EEXIST
+        return errno.EINVAL
+    if status == 413 or 'quota' in text:
+        return errno.EDQUOT
+    return errno.EIO

@@ -1,0 +1,308 @@
+"""Map paths to Girder resources: listings, names, inodes and attributes, with TTL caches.
+
+Layout: the root holds ``collection/`` and ``user/`` (or the resource named by ``--root``).
+Collections, users and folders are directories. An item holding exactly one file whose name
+equals the item's name is a regular file; every other item is a directory of its files.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import os
+import stat
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from .client import GirderClient
+from .errors import GirderFSError
+from .util import LockedTTLCache
+
+log = logging.getLogger(__name__)
+
+DIR_KINDS = frozenset({'root', 'collections', 'users', 'collection', 'user', 'folder'})
+NAME_MAX = 255
+
+
+@dataclass(eq=False)
+class Node:
+    """One entry of the tree. ``files`` is None for an item whose files are not fetched yet."""
+
+    kind: str
+    id: str | None
+    name: str
+    doc: dict = field(default_factory=dict)
+    files: list[dict] | None = None
+    force_dir: bool = False  # an item mounted as the root is always a directory
+
+    @property
+    def single_file(self) -> dict | None:
+        """For an item shown as a regular file, its one file document (if known)."""
+        if self.kind == 'file':
+            return self.doc
+        if self.kind == 'item' and self.files is not None and len(self.files) == 1 \
+                and self.files[0].get('name') == self.doc.get('name'):
+            return self.files[0]
+        return None
+
+    @property
+    def is_dir(self) -> bool:
+        if self.kind in DIR_KINDS:
+            return True
+        if self.kind == 'item':
+            if self.force_dir:
+                return True
+            # Unknown items are taken to be the usual single-file kind until their files are read.
+            return self.files is not None and self.single_file is None
+        return False
+
+    @property
+    def size(self) -> int:
+        if self.is_dir:
+            return 0
+        f = self.single_file
+        return int((f or self.doc).get('size') or 0)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time(value: str | None, default: int) -> int:
+    """Girder's ISO 8601 timestamp (UTC) to integer nanoseconds since the epoch, exactly."""
+    if not value:
+        return default
+    try:
+        dt = datetime.fromisoformat(value.replace('Z', '+00:00'))
+    except ValueError:
+        return default
+    if dt.tzinfo is None:
+        # Girder stores UTC; a naive value must not be read in the local time zone.
+        dt = dt.replace(tzinfo=UTC)
+    return (dt - EPOCH) // timedelta(microseconds=1) * 1000
+
+
+def escape_name(raw: str) -> str:
+    """Turn a Girder name into a valid path component (documented in the README).
+
+    ``/`` becomes ``%2F`` and NUL ``%00``; ``.``/``..`` become ``%2E``/``%2E%2E``; the empty
+    name becomes ``%``. A name longer than 255 bytes is cut and ends in ``~`` plus a hash.
+    """
+    if raw == '':
+        return '%'
+    if raw in ('.', '..'):
+        return raw.replace('.', '%2E')
+    name = raw.replace('/', '%2F').replace('\0', '%00')
+    if len(name.encode('utf-8', 'surrogateescape')) > NAME_MAX:
+        digest = hashlib.sha1(raw.encode('utf-8', 'surrogateescape')).hexdigest()[:12]
+        cut = name.encode('utf-8', 'surrogateescape')[:NAME_MAX - 13].decode('utf-8', 'ignore')
+        name = f'{cut}~{digest}'
+    return name
+
+
+def disambiguate(name: str, ident: str) -> str:
+    """The name shown for the younger of two siblings that would share ``name``."""
+    stem, dot, ext = name.rpartition('.')
+    if not dot or not stem:
+        stem, ext = name, ''
+    suffix = f'~{ident}' + (f'.{ext}' if ext else '')
+    room = NAME_MAX - len(suffix.encode())
+    stem = stem.encode('utf-8', 'surrogateescape')[:room].decode('utf-8', 'ignore')
+    return stem + suffix
+
+
+def build_listing(entries: list[tuple[str, Node]]) -> dict[str, Node]:
+    """Map display names to nodes; when names clash the oldest (smallest id) keeps the name."""
+    groups: dict[str, list[Node]] = {}
+    for raw, node in entries:
+        groups.setdefault(escape_name(raw), []).append(node)
+    out: dict[str, Node] = {}
+    taken = set(groups)
+    for name, nodes in groups.items():
+        nodes.sort(key=lambda n: n.id or '')
+        for i, node in enumerate(nodes):
+            shown = name if i == 0 else disambiguate(name, node.id or str(i))
+            if i and shown in taken:
+                shown = disambiguate(shown, node.kind)
+            taken.add(shown)
+            node.name = shown
+            out[shown] = node
+    return out
+
+
+class Namespace:
+    """Resolves paths to nodes through locked TTL caches of Girder listings."""
+
+    def __init__(self, client: GirderClient, root: Node | None = None, *, ttl: float = 5.0,
+                 item_check: int = 256, uid: int | None = None, gid: int | None = None,
+                 read_only: bool = True) -> None:
+        self.client = client
+        self.ttl = ttl
+        self.item_check = item_check
+        self.read_only = read_only
+        self.uid = os.getuid() if uid is None else uid
+        self.gid = os.getgid() if gid is None else gid
+        self.started = time.time_ns()
+        self.root = root or Node('root', None, '')
+        self._listings: LockedTTLCache[dict[str, Node]] = LockedTTLCache(4096, ttl)
+        self._files: LockedTTLCache[list[dict]] = LockedTTLCache(65536, ttl)
+        self._inodes: dict[tuple[str, str | None], int] = {}
+        self._ino_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(8, thread_name_prefix='girderfs-list')
+
+    # --- paths --------------------------------------------------------------------------
+    def resolve(self, path: str) -> Node:
+        """The node at ``path`` (relative to the mount root); ENOENT/ENOTDIR if none."""
+        node = self.root
+        for part in path.split('/'):
+            if not part:
+                continue
+            if not node.is_dir:
+                raise GirderFSError(errno.ENOTDIR, f'{path}: not a directory')
+            child = self.children(node).get(part)
+            if child is None:
+                raise GirderFSError(errno.ENOENT, f'{path}: no such entry')
+            node = child
+        return node
+
+    def children(self, node: Node) -> dict[str, Node]:
+        """The listing of a directory node, from cache or fetched (all pages)."""
+        if node.kind == 'item' and node.files is None:
+            self.load_files(node)
+        key = (node.kind, node.id)
+        return self._listings.get_or_load(key, lambda: self._fetch_listing(node))
+
+    def invalidate(self, node: Node) -> None:
+        self._listings.pop((node.kind, node.id))
+        if node.kind == 'item':
+            self._files.pop(node.id)
+
+    # --- inodes and attributes -------------------------------------------------------------
+    def inode(self, node: Node) -> int:
+        if node.kind == 'root':
+            return 1
+        key = (node.kind if node.kind != 'item' else 'item', node.id or node.kind)
+        with self._ino_lock:
+            ino = self._inodes.get(key)
+            if ino is None:
+                ino = self._inodes[key] = len(self._inodes) + 2
+            return ino
+
+    def getattr(self, node: Node) -> dict:
+        doc = node.single_file if node.kind == 'item' and node.single_file else node.doc
+        created = parse_time(node.doc.get('created') or doc.get('created'), self.started)
+        updated = parse_time(node.doc.get('updated') or doc.get('updated'), created)
+        if node.is_dir:
+            mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
+            nlink = 2
+        else:
+            mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
+            nlink = 1
+        size = node.size
+        return {
+            'st_mode': mode, 'st_nlink': nlink, 'st_size': size, 'st_ino': self.inode(node),
+            'st_uid': self.uid, 'st_gid': self.gid, 'st_mtime': updated, 'st_ctime': created,
+            'st_atime': updated, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20,
+        }
+
+    # --- items ----------------------------------------------------------------------------
+    def load_files(self, node: Node) -> list[dict]:
+        """Fetch (or reuse) an item's files, which decides if it is a file or a directory."""
+        files = self._files.get_or_load(node.id, lambda: list(
+            self.client.paginate(f'item/{node.id}/files', kind='files')))
+        node.files = files
+        return files
+
+    def file_doc(self, node: Node) -> dict:
+        """The file document to read for a regular-file node (EISDIR if it is a directory)."""
+        if node.kind == 'item' and node.files is None:
+            self.load_files(node)
+        f = node.single_file
+        if f is None:
+            raise GirderFSError(errno.EISDIR, f'{node.name}: is an item with several files')
+        return f
+
+    # --- fetching -------------------------------------------------------------------------
+    def _fetch_listing(self, node: Node) -> dict[str, Node]:
+        c = self.client
+        entries: list[tuple[str, Node]] = []
+        if node.kind == 'root':
+            entries = [('collection', Node('collections', None, 'collection')),
+                       ('user', Node('users', None, 'user'))]
+        elif node.kind == 'collections':
+            for doc in c.paginate('collection'):
+                entries.append((doc['name'], Node('collection', doc['_id'], doc['name'], doc)))
+        elif node.kind == 'users':
+            for doc in c.paginate('user'):
+                entries.append((doc['login'], Node('user', doc['_id'], doc['login'], doc)))
+        elif node.kind in ('collection', 'user', 'folder'):
+            for doc in c.paginate('folder', parentType=node.kind, parentId=node.id):
+                entries.append((doc['name'], Node('folder', doc['_id'], doc['name'], doc)))
+            if node.kind == 'folder':
+                items = [Node('item', doc['_id'], doc['name'], doc)
+                         for doc in c.paginate('item', folderId=node.id)]
+                self._check_items(items)
+                entries.extend((n.doc['name'], n) for n in items)
+        elif node.kind == 'item':
+            for doc in node.files or []:
+                entries.append((doc['name'], Node('file', doc['_id'], doc['name'], doc)))
+        return build_listing(entries)
+
+    def _check_items(self, items: list[Node]) -> None:
+        """In small folders, read every item's files now so types are exact before any stat.
+
+        Girder has no bulk call for the files of a folder's items; in folders larger than
+        ``item_check`` an item is taken to be a single-file item until it is opened or listed.
+        """
+        todo = [n for n in items if n.files is None]
+        if not todo or len(todo) > self.item_check:
+            for n in todo:
+                cached = self._files.peek(n.id)
+                if cached is not None:
+                    n.files = cached
+            return
+        for n, files in zip(todo, self._pool.map(self._files_quiet, todo), strict=True):
+            if files is not None:
+                n.files = files
+
+    def _files_quiet(self, node: Node) -> list[dict] | None:
+        try:
+            return self.load_files(node)
+        except GirderFSError as exc:
+            log.warning('could not list files of item %s: %s', node.id, exc.reason)
+            return None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def root_node(client: GirderClient, girder_path: str | None) -> Node:
+    """The node for ``--root`` (a Girder path like /collection/Data/images), or the top."""
+    if not girder_path or girder_path.strip('/') == '':
+        return Node('root', None, '')
+    path = '/' + girder_path.strip('/')
+    if path == '/collection':
+        return Node('collections', None, 'collection')
+    if path == '/user':
+        return Node('users', None, 'user')
+    doc = c_lookup(client, path)
+    kind = doc.get('_modelType')
+    if kind not in ('collection', 'user', 'folder', 'item'):
+        raise GirderFSError(errno.ENOTDIR, f'--root {girder_path}: is a {kind}, not a directory')
+    name = doc.get('login') if kind == 'user' else doc.get('name')
+    node = Node(kind, doc['_id'], name or '', doc, force_dir=True)
+    if kind == 'item':
+        node.files = list(client.paginate(f'item/{doc["_id"]}/files', kind='files'))
+    return node
+
+
+def c_lookup(client: GirderClient, path: str) -> dict:
+    try:
+        return client.get('resource/lookup', path=path)
+    except GirderFSError as exc:
+        if exc.errno in (errno.ENOENT, errno.EINVAL):
+            raise GirderFSError(errno.ENOENT, f'--root {path}: not found on the server') from None
+        raise

@@ -1,0 +1,261 @@
+"""Reads of remote files through the block cache, with single-flight fetches and prefetch.
+
+A read needs the blocks covering its range. Each block comes from a small memory LRU, the disk
+block store, a download already under way (every thread needing a block waits on one future), or
+a new ranged request. Sequential readers get a prefetch window that doubles up to ``max_window``
+and resets on a seek; missing neighbouring blocks are fetched with one streaming request.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import threading
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+
+from .cache import BlockStore
+from .client import GirderClient
+from .errors import GirderFSError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+FATAL_ERRNOS = frozenset({errno.EACCES, errno.ENOENT, errno.EPERM})
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What the reader needs to know about a Girder file."""
+
+    file_id: str
+    size: int
+    ckey: str
+
+
+class Stream:
+    """Per-handle read pattern: detects sequential access and sizes the prefetch window."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.next_offset = 0
+        self.window = 0
+        self.prefetched_to = 0  # block index up to which prefetch has been scheduled
+
+
+class Reader:
+    """Serves byte ranges of remote files; one per mount, shared by all handles."""
+
+    def __init__(self, client: GirderClient, store: BlockStore, *, workers: int = 8,
+                 prefetch_workers: int = 4, mem_blocks: int = 64, first_window: int = MiB,
+                 max_window: int = 64 * MiB, max_request: int = 16 * MiB,
+                 wait_timeout: float = 300.0) -> None:
+        self.client = client
+        self.store = store
+        self.bs = store.block_size
+        self.first_window = first_window
+        self.max_window = max_window
+        self.max_request_blocks = max(1, max_request // self.bs)
+        self.wait_timeout = wait_timeout
+        self._lock = threading.Lock()
+        self._inflight: dict[tuple[str, int], Future] = {}
+        self._mem: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._mem_max = mem_blocks
+        self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
+        self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
+
+    # --- public ---------------------------------------------------------------------------
+    def read(self, f: RemoteFile, offset: int, size: int, stream: Stream | None = None) -> bytes:
+        if offset >= f.size or size <= 0:
+            return b''
+        end = min(f.size, offset + size)
+        first, last = offset // self.bs, (end - 1) // self.bs
+        wanted = range(first, last + 1)
+        futures = self._claim(f, wanted, self._demand)
+        if stream is not None:
+            self._prefetch_after(f, offset, end, last, stream)
+        parts = []
+        for idx in wanted:
+            try:
+                data = futures[idx].result(timeout=self.wait_timeout)
+            except FutureTimeout:
+                raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not received in '
+                                               f'{self.wait_timeout:.0f} s') from None
+            lo = offset - idx * self.bs if idx == first else 0
+            hi = end - idx * self.bs if idx == last else len(data)
+            parts.append(data[lo:hi] if (lo or hi != len(data)) else data)
+        return parts[0] if len(parts) == 1 else b''.join(parts)
+
+    def close(self) -> None:
+        self._prefetch.shutdown(wait=False, cancel_futures=True)
+        self._demand.shutdown(wait=False, cancel_futures=True)
+
+    # --- blocks ---------------------------------------------------------------------------
+    def _block_len(self, f: RemoteFile, idx: int) -> int:
+        return min(self.bs, f.size - idx * self.bs)
+
+    def _claim(self, f: RemoteFile, indices: range, pool: ThreadPoolExecutor,
+               check_disk: bool = True) -> dict[int, Future]:
+        """A future per block: done if cached, shared if in flight, else a new fetch is queued."""
+        out: dict[int, Future] = {}
+        missing: list[int] = []
+        for idx in indices:
+            key = (f.ckey, idx)
+            with self._lock:
+                data = self._mem.get(key)
+                if data is not None:
+                    self._mem.move_to_end(key)
+                fut = self._inflight.get(key)
+            if data is None and fut is None and check_disk:
+                data = self.store.get(f.ckey, idx, self._block_len(f, idx))
+                if data is not None:
+                    self._remember(key, data)
+            if data is not None:
+                fut = Future()
+                fut.set_result(data)
+            elif fut is None:
+                with self._lock:
+                    fut = self._inflight.get(key)
+                    if fut is None:
+                        fut = self._inflight[key] = Future()
+                        missing.append(idx)
+            out[idx] = fut
+        for run in _runs(missing, self.max_request_blocks):
+            pool.submit(self._fetch_run, f, run, {i: out[i] for i in run})
+        return out
+
+    def _prefetch_after(self, f: RemoteFile, offset: int, end: int, last: int,
+                        stream: Stream) -> None:
+        with stream.lock:
+            # Kernel read-ahead on several FUSE threads reorders reads a little: "near the last
+            # end" counts as sequential.
+            slack = max(stream.window, MiB)
+            near = stream.next_offset - MiB <= offset <= stream.next_offset + slack
+            if (offset == 0 and stream.next_offset == 0) or (near and stream.next_offset > 0):
+                stream.window = min(self.max_window, max(self.first_window, stream.window * 2))
+            else:
+                stream.window = 0
+                stream.prefetched_to = 0
+            stream.next_offset = end
+            if not stream.window:
+                return
+            start = max(last + 1, stream.prefetched_to)
+            stop = min((end + stream.window - 1) // self.bs + 1, (f.size - 1) // self.bs + 1)
+            if start >= stop:
+                return
+            stream.prefetched_to = stop
+        self._claim(f, range(start, stop), self._prefetch)
+
+    def _remember(self, key: tuple[str, int], data: bytes) -> None:
+        with self._lock:
+            self._mem[key] = data
+            self._mem.move_to_end(key)
+            while len(self._mem) > self._mem_max:
+                self._mem.popitem(last=False)
+
+    def _settle(self, f: RemoteFile, idx: int, fut: Future, data: bytes | None,
+                error: BaseException | None = None) -> None:
+        key = (f.ckey, idx)
+        if data is not None:
+            self._remember(key, data)
+        with self._lock:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+        if error is not None:
+            fut.set_exception(error)
+        else:
+            fut.set_result(data)
+
+    # --- fetching -------------------------------------------------------------------------
+    def _fetch_run(self, f: RemoteFile, run: list[int], futures: dict[int, Future]) -> None:
+        """Download contiguous blocks with one streaming request; retry what is left on error."""
+        pending = list(run)
+        attempt = 0
+        while pending:
+            try:
+                self._stream_blocks(f, pending, futures)
+            except GirderFSError as exc:
+                attempt += 1
+                if exc.errno in FATAL_ERRNOS or attempt > self.client.retries:
+                    log.error('read of file %s failed: %s', f.file_id, exc.reason)
+                    for idx in pending:
+                        self._settle(f, idx, futures[idx], None, exc)
+                    return
+                log.warning('retrying read of file %s (%s)', f.file_id, exc.reason)
+                self.client.sleep_backoff(attempt)
+            except BaseException as exc:  # never leave a waiter hanging
+                err = GirderFSError(errno.EIO, f'file {f.file_id}: {type(exc).__name__}: {exc}')
+                log.error('read of file %s failed: %s', f.file_id, err.reason)
+                for idx in pending:
+                    self._settle(f, idx, futures[idx], None, err)
+                return
+
+    def _stream_blocks(self, f: RemoteFile, pending: list[int], futures: dict[int, Future]) -> None:
+        start = pending[0] * self.bs
+        stop = min(f.size, (pending[-1] + 1) * self.bs)
+        resp = self.client.download_range(f.file_id, start, stop)
+        try:
+            _check_range(resp, f, start, stop)
+            raw = resp.raw
+            while pending:
+                idx = pending[0]
+                want = self._block_len(f, idx)
+                data = _read_exact(raw, want)
+                if len(data) != want:
+                    raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short at block '
+                                                   f'{idx} ({len(data)} of {want} bytes)')
+                self.client.stats.add_bytes(want)
+                self.store.put(f.ckey, idx, data, want)
+                pending.pop(0)
+                self._settle(f, idx, futures[idx], data)
+        except GirderFSError:
+            raise
+        except Exception as exc:  # socket and urllib3 protocol errors on a broken body
+            raise GirderFSError(errno.EIO,
+                                f'file {f.file_id}: {type(exc).__name__}: {exc}') from None
+        finally:
+            resp.close()
+
+
+def _check_range(resp, f: RemoteFile, start: int, stop: int) -> None:
+    """Accept only a body that is exactly bytes [start, stop) of a file of the expected size."""
+    if resp.status_code == 206:
+        cr = resp.headers.get('Content-Range', '')
+        expect = f'bytes {start}-{stop - 1}/{f.size}'
+        if cr != expect:
+            raise GirderFSError(errno.EIO, f'file {f.file_id}: Content-Range {cr!r}, '
+                                           f'expected {expect!r} (changed on the server?)')
+    elif resp.status_code == 200:
+        if start != 0 or stop != f.size:
+            raise GirderFSError(errno.EIO, f'file {f.file_id}: server ignored the Range header')
+    else:
+        raise GirderFSError(errno.EIO, f'file {f.file_id}: unexpected HTTP {resp.status_code}')
+    length = resp.headers.get('Content-Length')
+    if length is not None and int(length) != stop - start:
+        raise GirderFSError(errno.EIO, f'file {f.file_id}: Content-Length {length}, '
+                                       f'expected {stop - start}')
+
+
+def _read_exact(raw, n: int) -> bytes:
+    chunks = []
+    got = 0
+    while got < n:
+        chunk = raw.read(n - got)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b''.join(chunks)
+
+
+def _runs(indices: list[int], max_len: int) -> list[list[int]]:
+    """Split sorted block indices into contiguous runs of at most ``max_len``."""
+    runs: list[list[int]] = []
+    for idx in indices:
+        if runs and runs[-1][-1] == idx - 1 and len(runs[-1]) < max_len:
+            runs[-1].append(idx)
+        else:
+            runs.append([idx])
+    return runs
