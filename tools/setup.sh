@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Install what girderfs, its tests and its demo need: Debian's fuse3 + attr, and a venv (.venv)
+# with girderfs (editable), the dev tools and the Girder 5 test server. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v getfattr >/dev/null || need_apt+=(attr)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v rsync >/dev/null || need_apt+=(rsync)
+command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq </dev/null
+  $SUDO apt-get install -y -qq "${need_apt[@]}" </dev/null >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.girderfs-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip </dev/null 2>&1 | grep -v '^WARNING' || true
+  .venv/bin/python -m pip install -q -e '.[dev,server]' </dev/null 2>&1 | grep -v '^WARNING' || true
+  .venv/bin/python -c 'import girderfs, girder, mongomock, mfusepy' 
+  touch "$stamp"
+fi
