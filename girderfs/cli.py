@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 
 from .errors import GirderFSError
 
@@ -53,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
     m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
                    help='bound of the block cache, LRU (default 10G)')
-    m.add_argument('--block-size', type=parse_size, default=parse_size('256K'),
-                   help='cache block size (default 256K)')
+    m.add_argument('--block-size', type=parse_size, default=parse_size('1M'),
+                   help='cache block size (default 1M)')
+    m.add_argument('--read-ahead', type=parse_size, default=parse_size('1M'),
+                   help='kernel read-ahead of the mount when run as root (default 1M)')
     m.add_argument('--attr-timeout', type=float, default=5.0,
                    help='seconds listings and attributes are cached (default 5)')
     m.add_argument('--item-check', type=int, default=256,
@@ -280,7 +283,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
     """Build the layers and run the FUSE loop until unmounted."""
     from .cache import BlockStore
     from .client import GirderClient
-    from .fuselib import mfusepy
+    from .fuselib import mfusepy, set_read_ahead
     from .namespace import Namespace
     from .operations import GirderOperations
     from .reader import Reader
@@ -297,14 +300,18 @@ def run_mount(settings: dict, ready: int | None) -> int:
                    read_only=True)
     reader = Reader(client, store)
     ops = GirderOperations(ns, reader, attr_timeout=args.attr_timeout)
-    if ready is not None:
-        original = ops.init_with_config
+    original = ops.init_with_config
 
-        def init_and_tell(conn, config):
-            original(conn, config)
-            _tell(ready, 'ready')
+    def init_and_tell(conn, config):
+        original(conn, config)
+        # Kernel tuning needs the loop running (it stats the mountpoint): do it from a thread.
+        threading.Thread(target=after_ready, daemon=True).start()
 
-        ops.init_with_config = init_and_tell
+    def after_ready():
+        set_read_ahead(settings['mountpoint'], args.read_ahead // 1024)
+        _tell(ready, 'ready')
+
+    ops.init_with_config = init_and_tell
     options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': True}
     for group in args.fuse_options:
         for opt in filter(None, group.split(',')):

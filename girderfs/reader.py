@@ -42,27 +42,29 @@ class Stream:
         self.lock = threading.Lock()
         self.next_offset = 0
         self.window = 0
-        self.prefetched_to = 0  # block index up to which prefetch has been scheduled
+        self.prefetched_to = 0  # block index up to which network prefetch has been scheduled
+        self.loaded_to = 0  # block index up to which disk blocks are being loaded ahead
 
 
 class Reader:
     """Serves byte ranges of remote files; one per mount, shared by all handles."""
 
     def __init__(self, client: GirderClient, store: BlockStore, *, workers: int = 8,
-                 prefetch_workers: int = 4, mem_blocks: int = 64, first_window: int = MiB,
+                 prefetch_workers: int = 4, mem_bytes: int = 32 * MiB, first_window: int = MiB,
                  max_window: int = 64 * MiB, max_request: int = 16 * MiB,
-                 wait_timeout: float = 300.0) -> None:
+                 disk_ahead: int = 8 * MiB, wait_timeout: float = 300.0) -> None:
         self.client = client
         self.store = store
         self.bs = store.block_size
         self.first_window = first_window
         self.max_window = max_window
         self.max_request_blocks = max(1, max_request // self.bs)
+        self.disk_ahead_blocks = max(1, disk_ahead // self.bs)
         self.wait_timeout = wait_timeout
         self._lock = threading.Lock()
         self._inflight: dict[tuple[str, int], Future] = {}
         self._mem: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._mem_max = mem_blocks
+        self._mem_max = max(4, mem_bytes // self.bs)
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
 
@@ -97,8 +99,11 @@ class Reader:
         return min(self.bs, f.size - idx * self.bs)
 
     def _claim(self, f: RemoteFile, indices: range, pool: ThreadPoolExecutor,
-               check_disk: bool = True) -> dict[int, Future]:
-        """A future per block: done if cached, shared if in flight, else a new fetch is queued."""
+               prefetch: bool = False) -> dict[int, Future]:
+        """A future per block: done if cached, shared if in flight, else a new fetch is queued.
+
+        For prefetch, blocks already on disk are left there (not loaded) and get no future.
+        """
         out: dict[int, Future] = {}
         missing: list[int] = []
         for idx in indices:
@@ -108,10 +113,14 @@ class Reader:
                 if data is not None:
                     self._mem.move_to_end(key)
                 fut = self._inflight.get(key)
-            if data is None and fut is None and check_disk:
-                data = self.store.get(f.ckey, idx, self._block_len(f, idx))
-                if data is not None:
-                    self._remember(key, data)
+            if data is None and fut is None:
+                if prefetch:
+                    if self.store.contains(f.ckey, idx):
+                        continue
+                else:
+                    data = self.store.get(f.ckey, idx, self._block_len(f, idx))
+                    if data is not None:
+                        self._remember(key, data)
             if data is not None:
                 fut = Future()
                 fut.set_result(data)
@@ -137,16 +146,50 @@ class Reader:
                 stream.window = min(self.max_window, max(self.first_window, stream.window * 2))
             else:
                 stream.window = 0
-                stream.prefetched_to = 0
-            stream.next_offset = end
+                stream.prefetched_to = stream.loaded_to = 0
+            stream.next_offset = max(end, stream.next_offset) if near else end
             if not stream.window:
                 return
-            start = max(last + 1, stream.prefetched_to)
-            stop = min((end + stream.window - 1) // self.bs + 1, (f.size - 1) // self.bs + 1)
-            if start >= stop:
-                return
-            stream.prefetched_to = stop
-        self._claim(f, range(start, stop), self._prefetch)
+            nblocks = (f.size - 1) // self.bs + 1
+            # Blocks already on disk: load a few ahead into memory, so the device works while
+            # the reader consumes (a cached block file is read only when asked for otherwise).
+            load = range(max(last + 1, stream.loaded_to),
+                         min(last + 1 + self.disk_ahead_blocks, nblocks))
+            stream.loaded_to = max(stream.loaded_to, load.stop)
+            # Network: top up only when less than half a window is scheduled ahead, so that
+            # each top-up is one large streaming request rather than a block at a time.
+            fetch = range(0)
+            if stream.prefetched_to * self.bs - end < stream.window // 2 \
+                    and stream.prefetched_to < nblocks:
+                fetch = range(max(last + 1, stream.prefetched_to),
+                              min((end + stream.window - 1) // self.bs + 1, nblocks))
+                stream.prefetched_to = max(stream.prefetched_to, fetch.stop)
+        if len(fetch):
+            self._claim(f, fetch, self._prefetch, prefetch=True)
+        if len(load):
+            self._load_ahead(f, load)
+
+    def _load_ahead(self, f: RemoteFile, indices: range) -> None:
+        """Read cached blocks from disk into memory in the background."""
+        for idx in indices:
+            key = (f.ckey, idx)
+            with self._lock:
+                if key in self._mem or key in self._inflight:
+                    continue
+            if not self.store.contains(f.ckey, idx):
+                continue  # the network prefetch (or a demand read) brings it
+            with self._lock:
+                if key in self._mem or key in self._inflight:
+                    continue
+                fut = self._inflight[key] = Future()
+            self._prefetch.submit(self._load_one, f, idx, fut)
+
+    def _load_one(self, f: RemoteFile, idx: int, fut: Future) -> None:
+        data = self.store.get(f.ckey, idx, self._block_len(f, idx))
+        if data is None:  # not on disk after all: download it
+            self._fetch_run(f, [idx], {idx: fut})
+        else:
+            self._settle(f, idx, fut, data)
 
     def _remember(self, key: tuple[str, int], data: bytes) -> None:
         with self._lock:
@@ -207,9 +250,9 @@ class Reader:
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short at block '
                                                    f'{idx} ({len(data)} of {want} bytes)')
                 self.client.stats.add_bytes(want)
-                self.store.put(f.ckey, idx, data, want)
                 pending.pop(0)
                 self._settle(f, idx, futures[idx], data)
+                self.store.put_async(f.ckey, idx, data, want)
         except GirderFSError:
             raise
         except Exception as exc:  # socket and urllib3 protocol errors on a broken body
