@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--root', help='Girder path to mount instead of the top, like /collection/Data')
     m.add_argument('--foreground', '-f', action='store_true', help='stay in the foreground')
     m.add_argument('--read-only', action='store_true', help='refuse every change (EROFS)')
+    m.add_argument('--upload-chunk-size', type=parse_size, default=parse_size('64M'),
+                   help='bytes per upload request (default 64M)')
     m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
     m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
                    help='bound of the block cache, LRU (default 10G)')
@@ -287,6 +289,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
     from .namespace import Namespace
     from .operations import GirderOperations
     from .reader import Reader
+    from .writer import Writer
 
     args = settings['args']
     os.umask(0o077)  # cache files and logs are the owner's only
@@ -297,9 +300,15 @@ def run_mount(settings: dict, ready: int | None) -> int:
     store = BlockStore(os.path.join(settings['cache_dir'], 'blocks'), args.cache_size,
                        args.block_size)
     ns = Namespace(client, settings['root'], ttl=args.attr_timeout, item_check=args.item_check,
-                   read_only=True)
+                   read_only=args.read_only)
     reader = Reader(client, store)
-    ops = GirderOperations(ns, reader, attr_timeout=args.attr_timeout)
+    writer = None
+    if not args.read_only:
+        writer = Writer(client, settings['cache_dir'], chunk_size=args.upload_chunk_size)
+    ops = GirderOperations(ns, reader, writer, attr_timeout=args.attr_timeout)
+    if writer is not None:
+        writer.on_uploaded = ops.uploaded
+        writer.recover()  # pending uploads of an earlier mount: visible now, uploaded soon
     original = ops.init_with_config
 
     def init_and_tell(conn, config):
@@ -312,7 +321,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
         _tell(ready, 'ready')
 
     ops.init_with_config = init_and_tell
-    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': True}
+    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': args.read_only}
     for group in args.fuse_options:
         for opt in filter(None, group.split(',')):
             key, _, value = opt.partition('=')

@@ -152,6 +152,7 @@ class Namespace:
         self._inodes: dict[tuple[str, str | None], int] = {}
         self._ino_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix='girderfs-list')
+        self._mtime_refused = False
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
@@ -175,21 +176,34 @@ class Namespace:
         key = (node.kind, node.id)
         return self._listings.get_or_load(key, lambda: self._fetch_listing(node))
 
-    def invalidate(self, node: Node) -> None:
-        self._listings.pop((node.kind, node.id))
-        if node.kind == 'item':
-            self._files.pop(node.id)
+    def invalidate(self, kind: str, ident: str | None) -> None:
+        """Forget the cached listing of a directory (and an item's files) after a change."""
+        self._listings.pop((kind, ident))
+        if kind == 'item':
+            self._files.pop(ident)
+
+    def clear(self) -> None:
+        self._listings.clear()
+        self._files.clear()
 
     # --- inodes and attributes -------------------------------------------------------------
     def inode(self, node: Node) -> int:
         if node.kind == 'root':
             return 1
-        key = (node.kind if node.kind != 'item' else 'item', node.id or node.kind)
+        return self.inode_for((node.kind, node.id or node.kind))
+
+    def inode_for(self, key: tuple[str, str]) -> int:
+        """A number for ``key`` that stays the same for the life of the mount."""
         with self._ino_lock:
             ino = self._inodes.get(key)
             if ino is None:
                 ino = self._inodes[key] = len(self._inodes) + 2
             return ino
+
+    def alias_inode(self, key: tuple[str, str], ino: int) -> None:
+        """Let ``key`` keep an inode number it had under another key (a new upload's item)."""
+        with self._ino_lock:
+            self._inodes.setdefault(key, ino)
 
     def getattr(self, node: Node) -> dict:
         doc = node.single_file if node.kind == 'item' and node.single_file else node.doc
@@ -224,6 +238,74 @@ class Namespace:
         if f is None:
             raise GirderFSError(errno.EISDIR, f'{node.name}: is an item with several files')
         return f
+
+    # --- changes on the server ---------------------------------------------------------------
+    def mkdir(self, parent: Node, name: str) -> None:
+        """A folder (or, under ``collection/``, a collection) named ``name`` in ``parent``."""
+        if parent.kind in ('collection', 'user', 'folder'):
+            self.client.request('POST', 'folder', kind='change', params={
+                'parentType': parent.kind, 'parentId': parent.id, 'name': name,
+                'reuseExisting': 'false'})
+        elif parent.kind == 'collections':
+            self.client.request('POST', 'collection', kind='change', params={'name': name})
+        else:
+            raise GirderFSError(errno.EPERM, f'cannot make a directory inside a {parent.kind}')
+        self.invalidate(parent.kind, parent.id)
+
+    def delete(self, parent: Node, node: Node) -> None:
+        """Delete ``node`` on the server (the caller checked what POSIX requires)."""
+        kind = node.kind
+        if kind not in ('collection', 'folder', 'item', 'file'):
+            raise GirderFSError(errno.EPERM, f'cannot delete a {kind}')
+        self.client.request('DELETE', f'{kind}/{node.id}', kind='change')
+        self.invalidate(parent.kind, parent.id)
+        self.invalidate(kind, node.id)
+
+    def rename(self, src_parent: Node, node: Node, dst_parent: Node, name: str) -> None:
+        """Rename/move ``node``; EXDEV where Girder cannot move it (mv then copies)."""
+        c = self.client
+        kind = node.kind
+        if kind == 'folder' and dst_parent.kind in ('collection', 'user', 'folder'):
+            c.request('PUT', f'folder/{node.id}', kind='change', params={
+                'name': name, 'parentType': dst_parent.kind, 'parentId': dst_parent.id})
+        elif kind == 'item' and dst_parent.kind == 'folder':
+            single = node.single_file if node.files is not None else None
+            if node.files is None and not node.is_dir:
+                single = self.file_doc(node)
+            c.request('PUT', f'item/{node.id}', kind='change',
+                      params={'name': name, 'folderId': dst_parent.id})
+            if single is not None and single.get('name') != name:
+                # Keep "one file named like its item", so it still shows as a file.
+                c.request('PUT', f'file/{single["_id"]}', kind='change', params={'name': name})
+            self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
+        elif kind == 'file' and dst_parent.kind == 'item' and dst_parent.id == src_parent.id:
+            c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
+        elif kind == 'collection' and dst_parent.kind == 'collections':
+            c.request('PUT', f'collection/{node.id}', kind='change', params={'name': name})
+        elif kind in ('file', 'item'):
+            raise GirderFSError(errno.EXDEV, f'Girder cannot move a {kind} there; copy instead')
+        else:
+            raise GirderFSError(errno.EPERM, f'cannot move a {kind} into a {dst_parent.kind}')
+        for n in (src_parent, dst_parent, node):
+            self.invalidate(n.kind, n.id)
+
+    def set_mtime(self, node: Node, when: int | str | None) -> bool:
+        """Set an item's or folder's ``updated`` time (Girder allows this to admins only)."""
+        if when is None or node.kind not in ('item', 'folder', 'collection') or not node.id:
+            return False
+        if isinstance(when, int):
+            when = datetime.fromtimestamp(when / 1e9, UTC).isoformat()
+        try:
+            self.client.request('PUT', f'resource/{node.id}/timestamp', kind='change',
+                                params={'type': node.kind, 'updated': when})
+        except GirderFSError as exc:
+            if exc.errno != errno.EACCES:
+                raise
+            if not self._mtime_refused:
+                log.info('the server does not let this user set times; mtimes are Girder\'s')
+                self._mtime_refused = True
+            return False
+        return True
 
     # --- fetching -------------------------------------------------------------------------
     def _fetch_listing(self, node: Node) -> dict[str, Node]:

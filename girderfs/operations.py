@@ -16,9 +16,10 @@ from typing import Any, TypeVar
 from .cache import content_key
 from .errors import GirderFSError
 from .fuselib import mfusepy
-from .namespace import Namespace
+from .namespace import Namespace, Node
 from .reader import Reader, RemoteFile, Stream
 from .util import Counter
+from .writer import Dirty, Writer
 
 log = logging.getLogger(__name__)
 
@@ -51,23 +52,35 @@ def fuse_op(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def read_only_op(func: F) -> F:
+def mutating(func: F) -> F:
+    """A call that changes something: EROFS on a read-only mount, else as ``fuse_op``."""
+    op = fuse_op(func)
+
     @functools.wraps(func)
     def wrapper(self, path, *args, **kwargs):
-        raise mfusepy.FuseOSError(errno.EROFS)
+        if self.writer is None:
+            raise mfusepy.FuseOSError(errno.EROFS)
+        return op(self, path, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
 
 
 class Handle:
-    """An open file: a remote file and how it is being read, or a fixed snapshot of bytes."""
+    """An open file: a remote file and how it is being read, local changes, or a snapshot."""
 
-    __slots__ = ('remote', 'stream', 'data')
+    __slots__ = ('remote', 'stream', 'data', 'dirty')
 
-    def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None) -> None:
+    def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
+                 dirty: Dirty | None = None) -> None:
         self.remote = remote
         self.stream = Stream()
         self.data = data
+        self.dirty = dirty
+
+
+def split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rstrip('/').rpartition('/')
+    return parent or '/', name
 
 
 class GirderOperations(mfusepy.Operations):
@@ -75,10 +88,11 @@ class GirderOperations(mfusepy.Operations):
 
     use_ns = True
 
-    def __init__(self, namespace: Namespace, reader: Reader, *, attr_timeout: float,
-                 max_read: int = 1 << 20) -> None:
+    def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None = None, *,
+                 attr_timeout: float, max_read: int = 1 << 20) -> None:
         self.ns = namespace
         self.reader = reader
+        self.writer = writer  # None: a read-only mount
         self.attr_timeout = attr_timeout
         self.max_read = max_read
         self._handles: dict[int, Handle] = {}
@@ -101,7 +115,18 @@ class GirderOperations(mfusepy.Operations):
     def getattr(self, path: str, fh: Any = None) -> dict:
         if path == STATUS_PATH:
             return self._status_attr()
+        d = self.writer.get(path) if self.writer else None
+        if d is not None:
+            return self._dirty_attr(d)
         return self.ns.getattr(self.ns.resolve(path))
+
+    def _dirty_attr(self, d: Dirty) -> dict:
+        with d.lock:
+            size, mtime = d.size, d.mtime_ns
+        return {'st_mode': stat.S_IFREG | 0o644, 'st_nlink': 1, 'st_size': size,
+                'st_ino': d.ino or self.ns.inode_for(('dirty', d.entry)), 'st_uid': self.ns.uid,
+                'st_gid': self.ns.gid, 'st_mtime': d.set_mtime_ns or mtime, 'st_ctime': mtime,
+                'st_atime': mtime, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20}
 
     @fuse_op
     def readdir(self, path: str, fh: int) -> list:
@@ -109,9 +134,16 @@ class GirderOperations(mfusepy.Operations):
         if not node.is_dir:
             raise GirderFSError(errno.ENOTDIR, 'not a directory')
         out: list = ['.', '..']
-        for name, child in self.ns.children(node).items():
+        listing = self.ns.children(node)
+        for name, child in listing.items():
             out.append((name, {'st_mode': 0o040000 if child.is_dir else 0o100000,
                                'st_ino': self.ns.inode(child)}, 0))
+        if self.writer:
+            for d in self.writer.in_dir(path):
+                name = split(d.path)[1]
+                if name not in listing:
+                    out.append((name, {'st_mode': 0o100000,
+                                       'st_ino': self.ns.inode_for(('dirty', d.entry))}, 0))
         return out
 
     @fuse_op
@@ -124,17 +156,33 @@ class GirderOperations(mfusepy.Operations):
     # --- reading --------------------------------------------------------------------------
     @fuse_op
     def open(self, path: str, fi: Any) -> int:
-        if fi.flags & WRITE_FLAGS:
-            raise GirderFSError(errno.EROFS, 'the mount is read-only')
         if path == STATUS_PATH:
+            if fi.flags & WRITE_FLAGS:
+                raise GirderFSError(errno.EACCES, 'the status file is read-only')
             fi.direct_io = 1
             fi.fh = self._new_handle(Handle(data=self._status_bytes()))
+            return 0
+        writing = bool(fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
+        if writing and self.writer is None:
+            raise GirderFSError(errno.EROFS, 'the mount is read-only')
+        d = self.writer.get(path) if self.writer else None
+        if d is not None:
+            self.writer.attach(d)
+            if fi.flags & os.O_TRUNC:
+                self.writer.truncate(d, 0)
+            fi.keep_cache = 0
+            fi.fh = self._new_handle(Handle(dirty=d))
             return 0
         node = self.ns.resolve(path)
         if node.is_dir:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         doc = self.ns.file_doc(node)
         remote = RemoteFile(doc['_id'], int(doc.get('size') or 0), content_key(doc))
+        if writing:
+            fi.keep_cache = 0
+            fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
+                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC))))
+            return 0
         ino = self.ns.inode(node)
         with self._handles_lock:
             # The kernel may keep its cached pages only if the content is what it cached.
@@ -143,21 +191,57 @@ class GirderOperations(mfusepy.Operations):
         fi.fh = self._new_handle(Handle(remote))
         return 0
 
+    def _start_existing(self, path: str, node: Node, doc: dict, remote: RemoteFile,
+                        truncate: bool) -> Dirty:
+        """Local changes to a file the server has: spool a copy unless it is truncated."""
+        if node.kind == 'file':
+            parent_kind, parent_id = 'item', doc['itemId']
+        else:
+            parent_kind, parent_id = 'folder', node.doc['folderId']
+
+        def fill(fd: int) -> None:
+            if truncate:
+                return
+            offset = 0
+            stream = Stream()
+            while offset < remote.size:
+                data = self.reader.read(remote, offset, 8 << 20, stream)
+                if not data:
+                    raise GirderFSError(errno.EIO, f'{path}: short read while copying')
+                os.pwrite(fd, data, offset)
+                offset += len(data)
+
+        d = self.writer.start(path, parent_kind, parent_id, doc['name'], file_id=doc['_id'],
+                              fill=fill)
+        if truncate and not d.modified:
+            self.writer.truncate(d, 0)
+        d.ino = self.ns.inode(node)
+        return d
+
     @fuse_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
-        with self._handles_lock:
-            handle = self._handles.get(fi.fh)
-        if handle is None:
-            raise GirderFSError(errno.EBADF, f'unknown handle {fi.fh}')
+        handle = self._handle(fi.fh)
         if handle.data is not None:
             return handle.data[offset:offset + size]
+        d = handle.dirty or (self.writer.get(path) if self.writer and path else None)
+        if d is not None:
+            return self.writer.read(d, size, offset)
         return self.reader.read(handle.remote, offset, size, handle.stream)
 
     @fuse_op
     def release(self, path: str, fi: Any) -> int:
         with self._handles_lock:
-            self._handles.pop(fi.fh, None)
+            handle = self._handles.pop(fi.fh, None)
+        if handle is not None and handle.dirty is not None:
+            self.writer.release(handle.dirty)
         return 0
+
+    def _handle(self, fh: int) -> Handle:
+        with self._handles_lock:
+            handle = self._handles.get(fh)
+        if handle is None:
+            raise GirderFSError(errno.EBADF, f'unknown handle {fh}')
+        return handle
 
     def _new_handle(self, handle: Handle) -> int:
         fh = self._fh.next()
@@ -190,49 +274,204 @@ class GirderOperations(mfusepy.Operations):
         self.ns.resolve(path)
         return []
 
-    # --- writes: refused on a read-only mount ---------------------------------------------
-    @read_only_op
-    def create(self, path, mode, fi=None): ...
+    # --- writing --------------------------------------------------------------------------
+    @mutating
+    def create(self, path: str, mode: int, fi: Any) -> int:
+        parent_path, name = split(path)
+        parent = self.ns.resolve(parent_path)
+        if parent.kind == 'folder':
+            parent_kind = 'folder'
+        elif parent.kind == 'item' and parent.is_dir:
+            parent_kind = 'item'  # a new file in a multi-file item
+        else:
+            raise GirderFSError(errno.EPERM, f'Girder keeps files in folders, not in a '
+                                             f'{parent.kind}')
+        if self.writer.get(path) is None:
+            try:
+                existing = self.ns.children(parent).get(name)
+            except GirderFSError:
+                existing = None
+            if existing is not None:
+                # O_CREAT on an existing file: open it (truncating if asked).
+                return self.open(path, fi)
+        d = self.writer.get(path)
+        if d is not None:
+            self.writer.attach(d)
+        else:
+            d = self.writer.start(path, parent_kind, parent.id, name)
+        fi.keep_cache = 0
+        fi.fh = self._new_handle(Handle(dirty=d))
+        return 0
 
-    @read_only_op
-    def write(self, path, data, offset, fi): ...
+    @mutating
+    def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        handle = self._handle(fi.fh)
+        if handle.dirty is None:
+            raise GirderFSError(errno.EBADF, 'file not open for writing')
+        return self.writer.write(handle.dirty, data, offset)
 
-    @read_only_op
-    def truncate(self, path, length, fh=None): ...
+    @mutating
+    def truncate(self, path: str, length: int, fh: Any = None) -> int:
+        if length < 0:
+            raise GirderFSError(errno.EINVAL, 'negative length')
+        d = self.writer.get(path)
+        if d is None:
+            node = self.ns.resolve(path)
+            if node.is_dir:
+                raise GirderFSError(errno.EISDIR, 'is a directory')
+            doc = self.ns.file_doc(node)
+            if int(doc.get('size') or 0) == length:
+                return 0
+            remote = RemoteFile(doc['_id'], int(doc.get('size') or 0), content_key(doc))
+            d = self._start_existing(path, node, doc, remote, truncate=length == 0)
+            try:
+                self.writer.truncate(d, length)
+                self.writer.flush(d)
+            finally:
+                self.writer.release(d)
+            return 0
+        self.writer.truncate(d, length)
+        return 0
 
-    @read_only_op
-    def mkdir(self, path, mode): ...
+    @fuse_op
+    def flush(self, path: str, fi: Any) -> int:
+        handle = self._handle(fi.fh)
+        if handle.dirty is not None:
+            self.writer.flush(handle.dirty)
+        return 0
 
-    @read_only_op
-    def rmdir(self, path): ...
+    @fuse_op
+    def fsync(self, path: str, datasync: int, fi: Any) -> int:
+        return self.flush(path, fi)
 
-    @read_only_op
-    def unlink(self, path): ...
+    @mutating
+    def mkdir(self, path: str, mode: int) -> int:
+        parent_path, name = split(path)
+        self.ns.mkdir(self.ns.resolve(parent_path), name)
+        return 0
 
-    @read_only_op
-    def rename(self, old, new): ...
+    @mutating
+    def rmdir(self, path: str) -> int:
+        parent_path, _ = split(path)
+        node = self.ns.resolve(path)
+        if not node.is_dir:
+            raise GirderFSError(errno.ENOTDIR, 'not a directory')
+        if node.kind == 'item':
+            self.ns.load_files(node)
+        if self.ns.children(node) or self.writer.in_dir(path):
+            raise GirderFSError(errno.ENOTEMPTY, 'directory not empty')
+        self.ns.delete(self.ns.resolve(parent_path), node)
+        return 0
 
-    @read_only_op
-    def chmod(self, path, mode): ...
+    @mutating
+    def unlink(self, path: str) -> int:
+        parent_path, _ = split(path)
+        d = self.writer.discard(path)
+        if d is not None and d.file_id is None:
+            return 0  # it never reached the server
+        node = self.ns.resolve(path)
+        if node.is_dir:
+            raise GirderFSError(errno.EISDIR, 'is a directory')
+        self.ns.delete(self.ns.resolve(parent_path), node)
+        return 0
 
-    @read_only_op
-    def chown(self, path, uid, gid): ...
+    @mutating
+    def rename(self, old: str, new: str) -> int:
+        if new == old:
+            return 0
+        if new.startswith(old.rstrip('/') + '/'):
+            raise GirderFSError(errno.EINVAL, 'cannot move a directory into itself')
+        src_parent_path, _ = split(old)
+        dst_parent_path, name = split(new)
+        d = self.writer.get(old)
+        if d is not None:
+            self.writer.flush(d)  # the server must have it before Girder can move it
+        src_parent = self.ns.resolve(src_parent_path)
+        node = self.ns.resolve(old)
+        dst_parent = self.ns.resolve(dst_parent_path)
+        target = self._lookup(new)
+        if target is not None:
+            if target.is_dir and not node.is_dir:
+                raise GirderFSError(errno.EISDIR, 'target is a directory')
+            if node.is_dir and not target.is_dir:
+                raise GirderFSError(errno.ENOTDIR, 'target is not a directory')
+            if target.is_dir and self.ns.children(target):
+                raise GirderFSError(errno.ENOTEMPTY, 'target directory not empty')
+        if target is not None:
+            # Girder has no atomic replace: remove the target, then move the source in.
+            self.writer.discard(new)
+            self.ns.delete(dst_parent, target)
+        self.ns.rename(src_parent, node, dst_parent, name)
+        if d is not None:
+            self.writer.rename(old, new)
+        return 0
 
-    @read_only_op
-    def utimens(self, path, times=None): ...
+    def _lookup(self, path: str) -> Node | None:
+        try:
+            return self.ns.resolve(path)
+        except GirderFSError as exc:
+            if exc.errno == errno.ENOENT:
+                return None
+            raise
 
-    @read_only_op
-    def symlink(self, target, source): ...
+    @mutating
+    def chmod(self, path: str, mode: int) -> int:
+        self.getattr(path)  # Girder has no modes: accept, so cp -p and rsync -a work
+        return 0
 
-    @read_only_op
-    def link(self, target, source): ...
+    @mutating
+    def chown(self, path: str, uid: int, gid: int) -> int:
+        self.getattr(path)
+        return 0
 
-    @read_only_op
-    def setxattr(self, path, name, value, options, position=0): ...
+    @mutating
+    def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
+        mtime = times[1] if times else time.time_ns()
+        d = self.writer.get(path)
+        if d is not None:
+            with d.lock:
+                d.set_mtime_ns = mtime
+            if d.modified:
+                return 0  # applied after the upload
+        node = self.ns.resolve(path)
+        if self.ns.set_mtime(node, mtime):
+            parent_path, _ = split(path)
+            parent = self.ns.resolve(parent_path)
+            self.ns.invalidate(parent.kind, parent.id)
+        return 0
 
-    @read_only_op
-    def removexattr(self, path, name): ...
+    @mutating
+    def symlink(self, target: str, source: str) -> int:
+        raise GirderFSError(errno.EPERM, 'Girder has no symbolic links')
+
+    @mutating
+    def link(self, target: str, source: str) -> int:
+        raise GirderFSError(errno.EPERM, 'Girder has no hard links')
+
+    @mutating
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0):
+        raise GirderFSError(errno.ENOTSUP, 'attributes come in a later release')
+
+    @mutating
+    def removexattr(self, path: str, name: str):
+        raise GirderFSError(errno.ENOTSUP, 'attributes come in a later release')
+
+    # --- after an upload --------------------------------------------------------------------
+    def uploaded(self, d: Dirty, file_doc: dict) -> None:
+        """Make the namespace show what the server now has (called by the writer)."""
+        self.ns.invalidate(d.parent_kind, d.parent_id)
+        item_id = file_doc.get('itemId')
+        if item_id:
+            self.ns.invalidate('item', item_id)
+            self.ns.alias_inode(('item' if d.parent_kind == 'folder' else 'file',
+                                 item_id if d.parent_kind == 'folder' else file_doc['_id']),
+                                self.ns.inode_for(('dirty', d.entry)))
+        if d.parent_kind == 'folder' and item_id:
+            if d.set_mtime_ns:
+                self.ns.set_mtime(Node('item', item_id, d.name), d.set_mtime_ns)
 
     def destroy(self, path: str) -> None:
+        if self.writer is not None:
+            self.writer.close()
         self.reader.close()
         self.ns.close()

@@ -1,0 +1,403 @@
+"""Local changes: spool files, the upload journal, and chunked uploads to Girder.
+
+A file being written lives in a spool file (mode 0600) under the cache dir until the server has
+confirmed it. A journal entry (one small JSON file per spooled file, written atomically) records
+where it goes, so a mount that dies with pending changes completes them on its next start.
+Uploads stream from the spool in chunks (``POST /file`` + ``POST /file/chunk``, or
+``PUT /file/{id}/contents`` to keep a replaced file's id and metadata) and resume from the
+server's offset after a failure.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .client import GirderClient
+from .errors import GirderFSError
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT})
+
+
+@dataclass(eq=False)
+class Dirty:
+    """A file with content the server does not have yet."""
+
+    entry: str  # journal id, also the spool file's name
+    path: str  # path in the mount
+    parent_kind: str  # 'folder' (a new item) or 'item' (a new file in an item)
+    parent_id: str
+    name: str
+    file_id: str | None = None  # the Girder file being replaced, or None for a new file
+    size: int = 0
+    mtime_ns: int = field(default_factory=time.time_ns)
+    handles: int = 0
+    modified: bool = False  # changed since the server last confirmed it
+    upload_id: str | None = None
+    error: str | None = None
+    deleted: bool = False  # unlinked while open: later writes must not recreate it
+    set_mtime_ns: int | None = None  # a time set by utimens, applied once uploaded
+    ino: int = 0  # the inode number the file had before local changes (0: new file)
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    fd: int = -1
+
+    def journal_doc(self, api_url: str) -> dict:
+        return {'entry': self.entry, 'api_url': api_url, 'path': self.path,
+                'parent_kind': self.parent_kind, 'parent_id': self.parent_id, 'name': self.name,
+                'file_id': self.file_id, 'upload_id': self.upload_id, 'modified': self.modified,
+                'mtime_ns': self.mtime_ns}
+
+
+class Writer:
+    """The table of dirty files, their spool and journal, and the uploads."""
+
+    def __init__(self, client: GirderClient, cache_dir: str, *, chunk_size: int = 64 * MiB,
+                 on_uploaded: Callable[[Dirty, dict], None] | None = None,
+                 retry_interval: float = 30.0) -> None:
+        self.client = client
+        self.chunk_size = chunk_size
+        self.on_uploaded = on_uploaded
+        self.retry_interval = retry_interval
+        self.spool_dir = os.path.join(cache_dir, 'spool')
+        self.journal_dir = os.path.join(cache_dir, 'journal')
+        for d in (self.spool_dir, self.journal_dir):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+            os.chmod(d, 0o700)
+        self._table: dict[str, Dirty] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._retry_thread: threading.Thread | None = None
+        self.uploaded_bytes = 0
+
+    # --- table ----------------------------------------------------------------------------
+    def get(self, path: str) -> Dirty | None:
+        with self._lock:
+            return self._table.get(path)
+
+    def in_dir(self, dir_path: str) -> list[Dirty]:
+        """Dirty files that are new (not yet on the server) directly inside ``dir_path``."""
+        prefix = dir_path.rstrip('/') + '/'
+        with self._lock:
+            return [d for p, d in self._table.items()
+                    if p.startswith(prefix) and '/' not in p[len(prefix):] and d.file_id is None]
+
+    def pending(self) -> list[Dirty]:
+        with self._lock:
+            return list(self._table.values())
+
+    def _spool(self, d: Dirty) -> str:
+        return os.path.join(self.spool_dir, d.entry)
+
+    def _journal(self, d: Dirty) -> str:
+        return os.path.join(self.journal_dir, d.entry + '.json')
+
+    def save_journal(self, d: Dirty) -> None:
+        """Write the journal entry atomically and durably (temp file, fsync, rename)."""
+        path = self._journal(d)
+        tmp = path + '.tmp'
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, json.dumps(d.journal_doc(self.client.api_url)).encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+
+    # --- opening --------------------------------------------------------------------------
+    def start(self, path: str, parent_kind: str, parent_id: str, name: str,
+              file_id: str | None = None, fill: Callable[[int], None] | None = None,
+              size_hint: int = 0) -> Dirty:
+        """Begin local changes to ``path``; ``fill(fd)`` copies the current content in."""
+        with self._lock:
+            d = self._table.get(path)
+            if d is not None:
+                d.handles += 1
+                return d
+            d = Dirty(uuid.uuid4().hex, path, parent_kind, parent_id, name, file_id)
+            d.handles = 1
+            self._table[path] = d
+        try:
+            with d.lock:
+                d.fd = os.open(self._spool(d), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+                if fill is not None:
+                    fill(d.fd)
+                    d.size = os.fstat(d.fd).st_size
+                d.modified = file_id is None  # a new file must reach the server even if empty
+                self.save_journal(d)
+        except BaseException:
+            self._forget(d)
+            raise
+        return d
+
+    def attach(self, d: Dirty) -> None:
+        with self._lock:
+            d.handles += 1
+
+    # --- data -----------------------------------------------------------------------------
+    def write(self, d: Dirty, data: bytes, offset: int) -> int:
+        with d.lock:
+            first_change = not d.modified
+            n = os.pwrite(d.fd, data, offset)
+            d.size = max(d.size, offset + n)
+            d.mtime_ns = time.time_ns()
+            d.modified = True
+            if first_change:
+                self.save_journal(d)
+            return n
+
+    def read(self, d: Dirty, size: int, offset: int) -> bytes:
+        with d.lock:
+            return os.pread(d.fd, size, offset)
+
+    def truncate(self, d: Dirty, length: int) -> None:
+        with d.lock:
+            os.ftruncate(d.fd, length)
+            d.size = length
+            d.mtime_ns = time.time_ns()
+            if not d.modified:
+                d.modified = True
+                self.save_journal(d)
+
+    # --- closing --------------------------------------------------------------------------
+    def flush(self, d: Dirty) -> None:
+        """Upload if changed; raise GirderFSError (data kept in the spool) on failure."""
+        with d.lock:
+            if not d.modified or d.deleted:
+                return
+            try:
+                self._upload(d)
+            except GirderFSError as exc:
+                d.error = exc.reason
+                log.error('upload of %s failed, kept in the spool for retry: %s', d.path,
+                          exc.reason)
+                self._ensure_retry_thread()
+                raise
+
+    def release(self, d: Dirty) -> None:
+        """A handle closed; forget the file once nothing is open and the server has it."""
+        with self._lock:
+            d.handles = max(0, d.handles - 1)
+            done = d.handles == 0 and not d.modified
+        if done:
+            self._forget(d)
+
+    def discard(self, path: str) -> Dirty | None:
+        """Drop local changes (the file is being deleted or replaced)."""
+        with self._lock:
+            d = self._table.get(path)
+        if d is not None:
+            with d.lock:
+                d.modified = False
+                d.deleted = True
+                self._forget(d, keep_open=d.handles > 0)
+        return d
+
+    def rename(self, old: str, new: str) -> None:
+        with self._lock:
+            d = self._table.pop(old, None)
+            if d is None:
+                return
+            d.path = new
+            self._table[new] = d
+        with d.lock:
+            self.save_journal(d)
+
+    def _forget(self, d: Dirty, keep_open: bool = False) -> None:
+        with self._lock:
+            if self._table.get(d.path) is d:
+                del self._table[d.path]
+        with d.lock:
+            if d.fd >= 0 and not keep_open:
+                os.close(d.fd)
+                d.fd = -1
+            for p in (self._journal(d), self._spool(d)):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+
+    # --- upload ---------------------------------------------------------------------------
+    def _upload(self, d: Dirty) -> None:
+        os.fsync(d.fd)  # the spool must survive a reboot before the server has it
+        size = os.fstat(d.fd).st_size
+        offset = 0
+        if d.upload_id:
+            offset = self._resume_offset(d, size)
+        if not d.upload_id:
+            if d.file_id:
+                up = self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
+                                         params={'size': size})
+            else:
+                up = self.client.request('POST', 'file', kind='upload', params={
+                    'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
+                    'size': size})
+            if size == 0 or up.get('_modelType') == 'file':
+                self._finish(d, up)
+                return
+            d.upload_id = up['_id']
+            self.save_journal(d)
+        attempt = 0
+        doc = None
+        while offset < size:
+            n = min(self.chunk_size, size - offset)
+            try:
+                doc = self.client.request('POST', 'file/chunk', kind='upload',
+                                          params={'uploadId': d.upload_id, 'offset': offset},
+                                          data=_SpoolSlice(d.fd, offset, n),
+                                          headers={'Content-Type': 'application/octet-stream'})
+                offset += n
+                with self._lock:
+                    self.uploaded_bytes += n
+                attempt = 0
+            except GirderFSError as exc:
+                attempt += 1
+                if exc.errno not in RETRYABLE and exc.errno != errno.EINVAL \
+                        or attempt > self.client.retries:
+                    raise
+                log.warning('upload of %s: %s; resuming', d.path, exc.reason)
+                self.client.sleep_backoff(attempt)
+                offset = self._resume_offset(d, size)
+                if not d.upload_id:
+                    return self._upload(d)
+        if doc is None or doc.get('_modelType') != 'file':
+            raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
+        self._finish(d, doc)
+
+    def _resume_offset(self, d: Dirty, size: int) -> int:
+        """Where the server's copy of the upload ends; restart it if the server lost it."""
+        try:
+            got = self.client.get('file/offset', kind='upload', uploadId=d.upload_id)
+            offset = int(got.get('offset', 0))
+            if 0 <= offset <= size:
+                return offset
+        except GirderFSError as exc:
+            if exc.errno in RETRYABLE:
+                raise
+            log.info('upload %s of %s is gone on the server (%s); starting over',
+                     d.upload_id, d.path, exc.reason)
+        d.upload_id = None
+        return 0
+
+    def _finish(self, d: Dirty, file_doc: dict) -> None:
+        d.upload_id = None
+        d.modified = False
+        d.error = None
+        d.file_id = file_doc.get('_id', d.file_id)
+        if self.on_uploaded is not None:
+            self.on_uploaded(d, file_doc)
+        with self._lock:
+            closed = d.handles == 0
+        if closed:
+            self._forget(d)
+        else:
+            self.save_journal(d)
+        log.info('uploaded %s (%d bytes)', d.path, file_doc.get('size', 0))
+
+    # --- recovery and retries ---------------------------------------------------------------
+    def recover(self) -> list[Dirty]:
+        """Load this server's journal entries left by an earlier mount; they upload later."""
+        found = []
+        for name in sorted(os.listdir(self.journal_dir)):
+            if not name.endswith('.json'):
+                continue
+            try:
+                with open(os.path.join(self.journal_dir, name), encoding='utf-8') as fh:
+                    doc = json.load(fh)
+            except (OSError, ValueError) as exc:
+                log.error('unreadable journal entry %s: %s (left in place)', name, exc)
+                continue
+            if doc.get('api_url') != self.client.api_url:
+                continue
+            d = Dirty(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
+                      doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
+                      upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0)
+            try:
+                d.fd = os.open(self._spool(d), os.O_RDWR)
+            except OSError as exc:
+                log.error('journal entry %s has no spool file (%s); dropping it', name, exc)
+                os.unlink(os.path.join(self.journal_dir, name))
+                continue
+            d.size = os.fstat(d.fd).st_size
+            with self._lock:
+                self._table[d.path] = d
+            found.append(d)
+        if found:
+            log.warning('resuming %d pending upload(s) from an earlier mount', len(found))
+            self._ensure_retry_thread(now=True)
+        return found
+
+    def _ensure_retry_thread(self, now: bool = False) -> None:
+        with self._lock:
+            if self._retry_thread is not None and self._retry_thread.is_alive():
+                return
+            self._retry_thread = threading.Thread(target=self._retry_loop, args=(now,),
+                                                  name='girderfs-upload-retry', daemon=True)
+            self._retry_thread.start()
+
+    def _retry_loop(self, now: bool) -> None:
+        delay = 0.0 if now else self.retry_interval
+        while not self._stop.wait(delay):
+            todo = [d for d in self.pending() if d.modified and not d.deleted]
+            if not todo:
+                return
+            for d in todo:
+                if self._stop.is_set():
+                    return
+                try:
+                    self.flush(d)
+                except GirderFSError:
+                    pass
+                except OSError as exc:
+                    log.error('retrying upload of %s: %s', d.path, exc)
+            delay = self.retry_interval
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no upload is pending; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(d.modified for d in self.pending()):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def close(self) -> None:
+        self._stop.set()
+        for d in self.pending():
+            with d.lock:
+                if d.fd >= 0:
+                    os.close(d.fd)
+                    d.fd = -1
+
+
+class _SpoolSlice:
+    """A file-like view of ``length`` bytes of a spool file, streamed by requests."""
+
+    def __init__(self, fd: int, offset: int, length: int) -> None:
+        self.fd = fd
+        self.pos = offset
+        self.end = offset + length
+
+    def __len__(self) -> int:
+        return self.end - self.pos
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:
+            n = self.end - self.pos
+        n = min(n, self.end - self.pos, 4 * MiB)
+        if n <= 0:
+            return b''
+        data = os.pread(self.fd, n, self.pos)
+        if not data:
+            raise GirderFSError(errno.EIO, 'spool file shorter than expected')
+        self.pos += len(data)
+        return data
