@@ -153,6 +153,7 @@ class Namespace:
         self._ino_lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix='girderfs-list')
         self._mtime_refused = False
+        self._created: set[str] = set()  # ids this mount created (copies being made)
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
@@ -243,14 +244,23 @@ class Namespace:
     def mkdir(self, parent: Node, name: str) -> None:
         """A folder (or, under ``collection/``, a collection) named ``name`` in ``parent``."""
         if parent.kind in ('collection', 'user', 'folder'):
-            self.client.request('POST', 'folder', kind='change', params={
+            doc = self.client.request('POST', 'folder', kind='change', params={
                 'parentType': parent.kind, 'parentId': parent.id, 'name': name,
                 'reuseExisting': 'false'})
         elif parent.kind == 'collections':
-            self.client.request('POST', 'collection', kind='change', params={'name': name})
+            doc = self.client.request('POST', 'collection', kind='change', params={'name': name})
         else:
             raise GirderFSError(errno.EPERM, f'cannot make a directory inside a {parent.kind}')
+        self.mark_created(doc['_id'])
         self.invalidate(parent.kind, parent.id)
+
+    def mark_created(self, ident: str) -> None:
+        with self._ino_lock:
+            self._created.add(ident)
+
+    def created_here(self, ident: str | None) -> bool:
+        with self._ino_lock:
+            return ident in self._created
 
     def delete(self, parent: Node, node: Node) -> None:
         """Delete ``node`` on the server (the caller checked what POSIX requires)."""

@@ -20,11 +20,13 @@ from .namespace import Namespace, Node
 from .reader import Reader, RemoteFile, Stream
 from .util import Counter
 from .writer import Dirty, Writer
+from .xattrs import META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
 log = logging.getLogger(__name__)
 
 F = TypeVar('F', bound=Callable[..., Any])
 STATUS_PATH = '/.girderfs-status'
+XATTR_CREATE, XATTR_REPLACE = 1, 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -93,6 +95,7 @@ class GirderOperations(mfusepy.Operations):
         self.ns = namespace
         self.reader = reader
         self.writer = writer  # None: a read-only mount
+        self.xattrs = Xattrs(namespace)
         self.attr_timeout = attr_timeout
         self.max_read = max_read
         self._handles: dict[int, Handle] = {}
@@ -263,16 +266,68 @@ class GirderOperations(mfusepy.Operations):
                 'st_uid': self.ns.uid, 'st_gid': self.ns.gid, 'st_mtime': now,
                 'st_ctime': now, 'st_atime': now, 'st_ino': 2**62}
 
-    # --- extended attributes (see issue 5; none yet) --------------------------------------
+    # --- extended attributes ----------------------------------------------------------------
+    def _new_copy(self, path: str) -> Dirty | None:
+        """The local changes of a file the server has not seen yet, if ``path`` is one."""
+        d = self.writer.get(path) if self.writer else None
+        return d if d is not None and d.file_id is None else None
+
     @fuse_op
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        self.ns.resolve(path)
-        raise GirderFSError(errno.ENODATA, f'no attribute {name}')
+        d = self._new_copy(path)
+        if d is not None:
+            with d.lock:
+                value = d.pending_meta.get(name[len(META_PREFIX):]) \
+                    if name.startswith(META_PREFIX) else None
+            if value is None:
+                raise GirderFSError(errno.ENODATA, f'no attribute {name}')
+            return encode_value(value)
+        if path == STATUS_PATH:
+            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
+        return self.xattrs.get(self.ns.resolve(path), name)
 
     @fuse_op
     def listxattr(self, path: str) -> list:
-        self.ns.resolve(path)
-        return []
+        d = self._new_copy(path)
+        if d is not None:
+            with d.lock:
+                return [META_PREFIX + k for k in d.pending_meta]
+        if path == STATUS_PATH:
+            return []
+        return self.xattrs.names(self.ns.resolve(path))
+
+    @mutating
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0):
+        exists = name in self.listxattr(path)
+        if options & XATTR_CREATE and exists:
+            raise GirderFSError(errno.EEXIST, f'{name} exists')
+        if options & XATTR_REPLACE and not exists:
+            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
+        d = self._new_copy(path)
+        if d is not None:
+            # A copy being written: keep metadata for after the upload; the source's
+            # read-only attributes do not describe the copy.
+            if name.startswith(META_PREFIX) and d.parent_kind == 'folder':
+                with d.lock:
+                    d.pending_meta[self.xattrs.key(name)] = decode_value(value)
+            elif not name.startswith(PREFIX):
+                raise GirderFSError(errno.ENOTSUP, f'only {PREFIX}* attributes are stored')
+            return 0
+        node = self.ns.resolve(path)
+        self.xattrs.set(node, name, value, created_here=self.ns.created_here(node.id))
+        return 0
+
+    @mutating
+    def removexattr(self, path: str, name: str):
+        d = self._new_copy(path)
+        if d is not None:
+            with d.lock:
+                if name.startswith(META_PREFIX) and \
+                        d.pending_meta.pop(name[len(META_PREFIX):], None) is not None:
+                    return 0
+            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
+        self.xattrs.remove(self.ns.resolve(path), name)
+        return 0
 
     # --- writing --------------------------------------------------------------------------
     @mutating
@@ -448,14 +503,6 @@ class GirderOperations(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         raise GirderFSError(errno.EPERM, 'Girder has no hard links')
 
-    @mutating
-    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0):
-        raise GirderFSError(errno.ENOTSUP, 'attributes come in a later release')
-
-    @mutating
-    def removexattr(self, path: str, name: str):
-        raise GirderFSError(errno.ENOTSUP, 'attributes come in a later release')
-
     # --- after an upload --------------------------------------------------------------------
     def uploaded(self, d: Dirty, file_doc: dict) -> None:
         """Make the namespace show what the server now has (called by the writer)."""
@@ -467,8 +514,18 @@ class GirderOperations(mfusepy.Operations):
                                  item_id if d.parent_kind == 'folder' else file_doc['_id']),
                                 self.ns.inode_for(('dirty', d.entry)))
         if d.parent_kind == 'folder' and item_id:
+            self.ns.mark_created(item_id)
+            if d.pending_meta:
+                self._put_meta(item_id, d.pending_meta)
             if d.set_mtime_ns:
                 self.ns.set_mtime(Node('item', item_id, d.name), d.set_mtime_ns)
+
+    def _put_meta(self, item_id: str, meta: dict) -> None:
+        try:
+            self.ns.client.request('PUT', f'item/{item_id}/metadata', kind='change',
+                                   params={'allowNull': 'true'}, json=meta)
+        except GirderFSError as exc:
+            log.error('could not set metadata of uploaded item %s: %s', item_id, exc.reason)
 
     def destroy(self, path: str) -> None:
         if self.writer is not None:

@@ -47,6 +47,7 @@ class Dirty:
     error: str | None = None
     deleted: bool = False  # unlinked while open: later writes must not recreate it
     set_mtime_ns: int | None = None  # a time set by utimens, applied once uploaded
+    pending_meta: dict = field(default_factory=dict)  # metadata to set once uploaded
     ino: int = 0  # the inode number the file had before local changes (0: new file)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     fd: int = -1
