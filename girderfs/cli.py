@@ -301,7 +301,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
                        args.block_size)
     ns = Namespace(client, settings['root'], ttl=args.attr_timeout, item_check=args.item_check,
                    read_only=args.read_only)
-    reader = Reader(client, store)
+    reader = Reader(client, store, verify_ttl=args.attr_timeout)
     writer = None
     if not args.read_only:
         writer = Writer(client, settings['cache_dir'], chunk_size=args.upload_chunk_size)

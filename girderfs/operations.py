@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from .cache import content_key
 from .errors import GirderFSError
 from .fuselib import mfusepy
 from .namespace import Namespace, Node
@@ -180,7 +179,7 @@ class GirderOperations(mfusepy.Operations):
         if node.is_dir:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         doc = self.ns.file_doc(node)
-        remote = RemoteFile(doc['_id'], int(doc.get('size') or 0), content_key(doc))
+        remote = RemoteFile.from_doc(doc)
         if writing:
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
@@ -326,7 +325,8 @@ class GirderOperations(mfusepy.Operations):
                         d.pending_meta.pop(name[len(META_PREFIX):], None) is not None:
                     return 0
             raise GirderFSError(errno.ENODATA, f'no attribute {name}')
-        self.xattrs.remove(self.ns.resolve(path), name)
+        node = self.ns.resolve(path)
+        self.xattrs.remove(node, name, created_here=self.ns.created_here(node.id))
         return 0
 
     # --- writing --------------------------------------------------------------------------
@@ -377,7 +377,7 @@ class GirderOperations(mfusepy.Operations):
             doc = self.ns.file_doc(node)
             if int(doc.get('size') or 0) == length:
                 return 0
-            remote = RemoteFile(doc['_id'], int(doc.get('size') or 0), content_key(doc))
+            remote = RemoteFile.from_doc(doc)
             d = self._start_existing(path, node, doc, remote, truncate=length == 0)
             try:
                 self.writer.truncate(d, length)

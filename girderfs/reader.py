@@ -11,19 +11,20 @@ from __future__ import annotations
 import errno
 import logging
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from .cache import BlockStore
+from .cache import BlockStore, content_key
 from .client import GirderClient
 from .errors import GirderFSError
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-FATAL_ERRNOS = frozenset({errno.EACCES, errno.ENOENT, errno.EPERM})
+FATAL_ERRNOS = frozenset({errno.EACCES, errno.ENOENT, errno.EPERM, errno.ESTALE})
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,21 @@ class RemoteFile:
     file_id: str
     size: int
     ckey: str
+    sha512: str | None = None
+    stamp: str | None = None  # Girder sets 'created' anew when a file's content is replaced
+
+    @classmethod
+    def from_doc(cls, doc: dict) -> RemoteFile:
+        return cls(doc['_id'], int(doc.get('size') or 0), content_key(doc), doc.get('sha512'),
+                   doc.get('updated') or doc.get('created'))
+
+    def matches(self, doc: dict) -> bool:
+        """Whether a fresh file document still describes this content."""
+        if int(doc.get('size') or 0) != self.size:
+            return False
+        if self.sha512 and doc.get('sha512'):
+            return doc['sha512'] == self.sha512
+        return (doc.get('updated') or doc.get('created')) == self.stamp
 
 
 class Stream:
@@ -52,7 +68,8 @@ class Reader:
     def __init__(self, client: GirderClient, store: BlockStore, *, workers: int = 8,
                  prefetch_workers: int = 4, mem_bytes: int = 32 * MiB, first_window: int = MiB,
                  max_window: int = 64 * MiB, max_request: int = 16 * MiB,
-                 disk_ahead: int = 8 * MiB, wait_timeout: float = 300.0) -> None:
+                 disk_ahead: int = 8 * MiB, wait_timeout: float = 300.0,
+                 verify_ttl: float = 5.0) -> None:
         self.client = client
         self.store = store
         self.bs = store.block_size
@@ -65,6 +82,8 @@ class Reader:
         self._inflight: dict[tuple[str, int], Future] = {}
         self._mem: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._mem_max = max(4, mem_bytes // self.bs)
+        self.verify_ttl = verify_ttl
+        self._verified: dict[str, float] = {}  # content key -> when the server confirmed it
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
 
@@ -218,6 +237,7 @@ class Reader:
         attempt = 0
         while pending:
             try:
+                self._check_current(f)
                 self._stream_blocks(f, pending, futures)
             except GirderFSError as exc:
                 attempt += 1
@@ -234,6 +254,26 @@ class Reader:
                 for idx in pending:
                     self._settle(f, idx, futures[idx], None, err)
                 return
+
+    def _check_current(self, f: RemoteFile) -> None:
+        """Before downloading, confirm the server still has this content (once per TTL).
+
+        Cached blocks are keyed by content, so an open file whose content changed on the server
+        must fail rather than mix its old cached blocks with new downloaded ones.
+        """
+        now = time.monotonic()
+        with self._lock:
+            seen = self._verified.get(f.ckey)
+        if seen is not None and now - seen < self.verify_ttl:
+            return
+        doc = self.client.get(f'file/{f.file_id}', kind='verify')
+        if not f.matches(doc):
+            raise GirderFSError(errno.ESTALE, f'file {f.file_id} changed on the server since it '
+                                              f'was opened; open it again for the new content')
+        with self._lock:
+            if len(self._verified) > 10000:
+                self._verified.clear()
+            self._verified[f.ckey] = now
 
     def _stream_blocks(self, f: RemoteFile, pending: list[int], futures: dict[int, Future]) -> None:
         start = pending[0] * self.bs

@@ -1,0 +1,205 @@
+"""Byte-exact reads under every access pattern the read path must survive (issue 3)."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import threading
+import time
+
+import pytest
+
+KiB = 1024
+BS = 256 * KiB  # the block size these mounts use (small, so files span many blocks)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope='module')
+def tree(girder):
+    """One collection with a few files of awkward sizes (uploaded once per module)."""
+    col = girder.collection('ReadPatterns')
+    folder = girder.folder(col, 'f')
+    rnd = random.Random(3)
+    files = {
+        'big.bin': rnd.randbytes(6 * 1024 * KiB + 12345),
+        'edge.bin': rnd.randbytes(4 * BS + 1),
+        'one.bin': rnd.randbytes(BS - 1),
+    }
+    items = {name: girder.file_item(folder, name, data) for name, data in files.items()}
+    return {'files': files, 'items': items, 'folder': folder}
+
+
+def mnt_path(m, name: str):
+    return m.path / 'collection' / 'ReadPatterns' / 'f' / name
+
+
+def drop_page_cache() -> None:
+    """Make the kernel ask the mount again (the tests run as root)."""
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as fh:
+        fh.write('3')
+
+
+def replace_content(girder, item: dict, data: bytes) -> None:
+    """Replace a file's bytes on the server, keeping its id (what another client would do)."""
+    fid = girder.api('GET', f'item/{item["_id"]}/files')[0]['_id']
+    up = girder.api('PUT', f'file/{fid}/contents', params={'size': len(data)})
+    girder.api('POST', 'file/chunk', data=data, params={'uploadId': up['_id'], 'offset': 0})
+
+
+def test_sequential_backwards_random(tree, mount):
+    m = mount('--block-size', '256K')
+    data = tree['files']['big.bin']
+    path = mnt_path(m, 'big.bin')
+    assert sha(path.read_bytes()) == sha(data)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        chunk = 100_000
+        pieces = []
+        for off in range(len(data) - chunk, -chunk, -chunk):
+            off = max(off, 0)
+            pieces.append((off, os.pread(fd, chunk, off)))
+        for off, got in pieces:
+            assert got == data[off:off + chunk]
+        rnd = random.Random(11)
+        for _ in range(200):
+            off = rnd.randrange(len(data))
+            size = rnd.choice([1, 4096, 65536, 300_000])
+            assert os.pread(fd, size, off) == data[off:off + size]
+    finally:
+        os.close(fd)
+
+
+def test_block_boundaries(tree, mount):
+    m = mount('--block-size', '256K')
+    data = tree['files']['edge.bin']
+    fd = os.open(mnt_path(m, 'edge.bin'), os.O_RDONLY)
+    try:
+        for k in range(1, 5):
+            for off in (k * BS - 1, k * BS, k * BS - 10):
+                for size in (1, 2, 20, BS, BS + 2):
+                    assert os.pread(fd, size, off) == data[off:off + size], (off, size)
+        assert os.pread(fd, 10, len(data)) == b''
+        assert os.pread(fd, 10, len(data) + 1000) == b''
+    finally:
+        os.close(fd)
+    assert sha(mnt_path(m, 'one.bin').read_bytes()) == sha(tree['files']['one.bin'])
+
+
+def test_interleaved_handles_and_threads(tree, mount):
+    m = mount('--block-size', '256K')
+    data = tree['files']['big.bin']
+    path = mnt_path(m, 'big.bin')
+    a, b = open(path, 'rb'), open(path, 'rb')
+    try:
+        b.seek(len(data) // 2)
+        got_a, got_b = [], []
+        while True:
+            x, y = a.read(70_000), b.read(70_000)
+            got_a.append(x)
+            got_b.append(y)
+            if not x and not y:
+                break
+        assert b''.join(got_a) == data
+        assert b''.join(got_b) == data[len(data) // 2:]
+    finally:
+        a.close()
+        b.close()
+
+    errors: list[str] = []
+
+    def worker(seed: int) -> None:
+        rnd = random.Random(seed)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for _ in range(60):
+                off = rnd.randrange(len(data))
+                size = rnd.randrange(1, 400_000)
+                if os.pread(fd, size, off) != data[off:off + size]:
+                    errors.append(f'mismatch at {off}+{size}')
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+
+
+def test_cache_smaller_than_file(tree, mount):
+    m = mount('--block-size', '256K', '--cache-size', '1M')
+    data = tree['files']['big.bin']
+    path = mnt_path(m, 'big.bin')
+    for _ in range(2):
+        assert sha(path.read_bytes()) == sha(data)
+    # The cache stayed near its bound while a 6 MiB file went through it.
+    assert m.status()['cache_bytes'] <= 3 * 1024 * KiB
+
+
+def test_two_mounts_share_one_cache_dir(tree, mount, tmp_path):
+    cache = tmp_path / 'shared-cache'
+    m1 = mount('--block-size', '256K', cache_dir=cache)
+    m2 = mount('--block-size', '256K', cache_dir=cache)
+    data = tree['files']['big.bin']
+    results: dict[int, str] = {}
+
+    def read(i, m):
+        results[i] = sha(mnt_path(m, 'big.bin').read_bytes())
+
+    threads = [threading.Thread(target=read, args=(i, m)) for i, m in enumerate((m1, m2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert results == {0: sha(data), 1: sha(data)}
+    before = m2.status()['stats']['bytes_down']
+    assert sha(mnt_path(m2, 'one.bin').read_bytes()) == sha(tree['files']['one.bin'])
+    mid = m2.status()['stats']['bytes_down']
+    # m1 reading the same file afterwards finds m2's blocks in the shared cache.
+    assert sha(mnt_path(m1, 'one.bin').read_bytes()) == sha(tree['files']['one.bin'])
+    assert mid - before == len(tree['files']['one.bin'])
+    assert m1.status()['stats']['bytes_down'] <= len(data) * 2
+
+
+def test_replaced_on_server_between_opens(girder, mount):
+    col = girder.collection('ReadReplace')
+    folder = girder.folder(col, 'f')
+    rnd = random.Random(5)
+    old = rnd.randbytes(12 * BS + 7)
+    new = rnd.randbytes(12 * BS + 7)  # same size: only content keys tell them apart
+    item = girder.file_item(folder, 'x.bin', old)
+    m = mount('--block-size', '256K', '--attr-timeout', '1')
+    path = m.path / 'collection' / 'ReadReplace' / 'f' / 'x.bin'
+
+    # A handle opened before the change reads old bytes or fails; never a mix. Its first read
+    # (a random one, so no prefetch) caches one block; the rest must come from the server.
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        mid = 8 * BS + 3
+        assert os.pread(fd, 100, mid) == old[mid:mid + 100]
+        replace_content(girder, item, new)
+        time.sleep(1.5)
+        drop_page_cache()
+        try:
+            got = os.pread(fd, len(old), 0)
+        except OSError as exc:
+            assert exc.errno in (errno.ESTALE, errno.EIO)
+        else:
+            assert got == old
+    finally:
+        os.close(fd)
+
+    # After the attribute timeout, a new open reads exactly the new content.
+    deadline = time.monotonic() + 10
+    while path.read_bytes() != new:
+        assert time.monotonic() < deadline, 'new content never appeared'
+        time.sleep(0.5)
+    assert path.read_bytes() == new
