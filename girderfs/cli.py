@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 
 from .errors import GirderFSError
 
@@ -80,6 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
     u = sub.add_parser('unmount', help='unmount a girderfs mount')
     u.add_argument('mountpoint')
     u.add_argument('--lazy', '-z', action='store_true', help='detach now, clean up when unused')
+    u.add_argument('--force', action='store_true',
+                   help='do not wait for pending uploads (they stay in the journal)')
+    u.add_argument('--timeout', type=float, default=3600,
+                   help='seconds to wait for pending uploads (default 3600)')
+
+    st = sub.add_parser('status', help='show what running mounts are doing')
+    st.add_argument('mountpoint', nargs='?')
+    st.add_argument('--json', action='store_true', help='print the raw status as JSON')
+
+    r = sub.add_parser('refresh', help='drop cached listings and attributes of a mount')
+    r.add_argument('path', nargs='?', default='.',
+                   help='a path in the mount (default: the current directory)')
     return p
 
 
@@ -226,8 +239,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f'cache dir {cache_dir}: {exc.strerror}') from None
 
+    user = (client.user or {}).get('login') or 'anonymous'
     settings = dict(api_url=args.api_url, token=client._token, verify=verify, root=root,
-                    mountpoint=mountpoint, cache_dir=cache_dir, args=args)
+                    mountpoint=mountpoint, cache_dir=cache_dir, args=args, user=user,
+                    version=version)
     if args.foreground:
         log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who, mountpoint)
         return run_mount(settings, ready=None)
@@ -293,6 +308,10 @@ def run_mount(settings: dict, ready: int | None) -> int:
 
     args = settings['args']
     os.umask(0o077)  # cache files and logs are the owner's only
+    # SIGHUP drops every cached listing (girderfs refresh). libfuse would treat it as "exit":
+    # block it before any thread starts, so every thread inherits the block, and take it in a
+    # thread of our own (on_hup below).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
     client = GirderClient(settings['api_url'], read_timeout=args.timeout,
                           verify=settings['verify'])
     if settings['token']:
@@ -309,6 +328,26 @@ def run_mount(settings: dict, ready: int | None) -> int:
     if writer is not None:
         writer.on_uploaded = ops.uploaded
         writer.recover()  # pending uploads of an earlier mount: visible now, uploaded soon
+    started = time.time()
+
+    def status() -> dict:
+        return {'api_url': settings['api_url'], 'user': settings['user'],
+                'girder_version': settings['version'], 'pid': os.getpid(), 'started': started,
+                'mountpoint': settings['mountpoint'], 'cache_dir': settings['cache_dir'],
+                'cache_limit': args.cache_size, 'read_only': args.read_only,
+                'reads': reader.counts(),
+                'uploaded_bytes': writer.uploaded_bytes if writer else 0,
+                'pending_uploads': writer.progress() if writer else []}
+
+    ops.status_provider = status
+
+    def on_hup() -> None:
+        while True:
+            signal.sigwait({signal.SIGHUP})
+            ns.clear()
+            log.info('SIGHUP: cached listings and attributes dropped')
+
+    threading.Thread(target=on_hup, name='girderfs-sighup', daemon=True).start()
     original = ops.init_with_config
 
     def init_and_tell(conn, config):
@@ -341,19 +380,72 @@ def run_mount(settings: dict, ready: int | None) -> int:
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:
+    from . import control
+
     path = os.path.abspath(args.mountpoint)
     if path not in mounted_paths():
         raise CliError(f'{path} is not mounted')
+    if not args.force and path in control.find_mounts():
+        try:
+            left = control.wait_for_uploads(path, args.timeout)
+        except (OSError, ValueError) as exc:
+            log.warning('could not read the mount status (%s); unmounting anyway', exc)
+            left = []
+        if left:
+            raise CliError(f'{len(left)} upload(s) still pending after {args.timeout:.0f} s; '
+                           f'not unmounted (use --force to unmount and keep them in the journal)')
     fusermount(path, lazy=args.lazy)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import json
+
+    from . import control
+
+    if args.mountpoint:
+        mp = control.mount_of(args.mountpoint)
+        if mp is None:
+            raise CliError(f'{args.mountpoint} is not in a girderfs mount')
+        mounts = [mp]
+    else:
+        mounts = control.find_mounts()
+        if not mounts:
+            print('no girderfs mounts')
+            return 0
+    status = 0
+    for mp in mounts:
+        try:
+            info = control.read_status(mp)
+        except (OSError, ValueError) as exc:
+            print(f'{mp}\n  status unavailable: {getattr(exc, "strerror", None) or exc}')
+            status = 1
+            continue
+        print(json.dumps(info, indent=1) if args.json else control.format_status(mp, info))
+    return status
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    from . import control
+
+    mp = control.mount_of(args.path)
+    if mp is None:
+        raise CliError(f'{args.path} is not in a girderfs mount')
+    try:
+        pid = int(control.read_status(mp)['pid'])
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError, KeyError) as exc:
+        raise CliError(f'cannot reach the mount on {mp}: {exc}') from None
+    print(f'girderfs: cached listings of {mp} dropped')
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == 'mount':
-            return cmd_mount(args)
-        return cmd_unmount(args)
+        commands = {'mount': cmd_mount, 'unmount': cmd_unmount, 'status': cmd_status,
+                    'refresh': cmd_refresh}
+        return commands[args.command](args)
     except CliError as exc:
         print(f'girderfs: error: {exc}', file=sys.stderr)
         return 1

@@ -83,6 +83,7 @@ class Reader:
         self._mem: OrderedDict[tuple[str, int], bytes] = OrderedDict()
         self._mem_max = max(4, mem_bytes // self.bs)
         self.verify_ttl = verify_ttl
+        self._counts = {'memory': 0, 'disk': 0, 'network': 0}  # blocks served, by source
         self._verified: dict[str, float] = {}  # content key -> when the server confirmed it
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
@@ -125,6 +126,7 @@ class Reader:
         """
         out: dict[int, Future] = {}
         missing: list[int] = []
+        from_disk = 0
         for idx in indices:
             key = (f.ckey, idx)
             with self._lock:
@@ -139,6 +141,7 @@ class Reader:
                 else:
                     data = self.store.get(f.ckey, idx, self._block_len(f, idx))
                     if data is not None:
+                        from_disk += 1
                         self._remember(key, data)
             if data is not None:
                 fut = Future()
@@ -150,6 +153,11 @@ class Reader:
                         fut = self._inflight[key] = Future()
                         missing.append(idx)
             out[idx] = fut
+        if not prefetch:
+            with self._lock:
+                self._counts['memory'] += len(indices) - from_disk - len(missing)
+                self._counts['disk'] += from_disk
+                self._counts['network'] += len(missing)
         for run in _runs(missing, self.max_request_blocks):
             pool.submit(self._fetch_run, f, run, {i: out[i] for i in run})
         return out
@@ -209,6 +217,11 @@ class Reader:
             self._fetch_run(f, [idx], {idx: fut})
         else:
             self._settle(f, idx, fut, data)
+
+    def counts(self) -> dict[str, int]:
+        """Blocks asked for by reads: found cached (memory/disk) or fetched from the network."""
+        with self._lock:
+            return dict(self._counts)
 
     def _remember(self, key: tuple[str, int], data: bytes) -> None:
         with self._lock:

@@ -49,6 +49,8 @@ class Dirty:
     set_mtime_ns: int | None = None  # a time set by utimens, applied once uploaded
     pending_meta: dict = field(default_factory=dict)  # metadata to set once uploaded
     ino: int = 0  # the inode number the file had before local changes (0: new file)
+    sent: int = 0  # bytes the server has confirmed of the upload under way
+    upload_started: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     fd: int = -1
 
@@ -91,6 +93,19 @@ class Writer:
         with self._lock:
             return [d for p, d in self._table.items()
                     if p.startswith(prefix) and '/' not in p[len(prefix):] and d.file_id is None]
+
+    def progress(self) -> list[dict]:
+        """Pending uploads for ``girderfs status``: path, size, bytes sent, rate, last error."""
+        out = []
+        now = time.monotonic()
+        for d in self.pending():
+            if not d.modified or d.deleted:
+                continue
+            elapsed = now - d.upload_started if d.upload_started else 0
+            out.append({'path': d.path, 'size': d.size, 'sent': d.sent, 'error': d.error,
+                        'open': d.handles > 0,
+                        'rate': d.sent / elapsed if elapsed > 0 and d.sent else 0})
+        return out
 
     def pending(self) -> list[Dirty]:
         with self._lock:
@@ -203,7 +218,9 @@ class Writer:
                 self._forget(d, keep_open=d.handles > 0)
         return d
 
-    def rename(self, old: str, new: str) -> None:
+    def rename(self, old: str, new: str, parent: tuple[str, str] | None = None,
+               name: str | None = None) -> None:
+        """``old`` is now ``new``, in ``parent`` (kind, id) under ``name`` if they changed."""
         with self._lock:
             d = self._table.pop(old, None)
             if d is None:
@@ -211,6 +228,11 @@ class Writer:
             d.path = new
             self._table[new] = d
         with d.lock:
+            # Later uploads must refresh the listing the file is in now, not the one it left.
+            if parent is not None:
+                d.parent_kind, d.parent_id = parent
+            if name is not None:
+                d.name = name
             self.save_journal(d)
 
     def _forget(self, d: Dirty, keep_open: bool = False) -> None:
@@ -249,6 +271,8 @@ class Writer:
             self.save_journal(d)
         attempt = 0
         doc = None
+        d.sent, d.upload_started = offset, time.monotonic()
+        last_log = d.upload_started
         while offset < size:
             n = min(self.chunk_size, size - offset)
             try:
@@ -257,9 +281,13 @@ class Writer:
                                           data=_SpoolSlice(d.fd, offset, n),
                                           headers={'Content-Type': 'application/octet-stream'})
                 offset += n
+                d.sent = offset
                 with self._lock:
                     self.uploaded_bytes += n
                 attempt = 0
+                if time.monotonic() - last_log > 10:
+                    last_log = time.monotonic()
+                    log.info('uploading %s: %d of %d MiB', d.path, offset >> 20, size >> 20)
             except GirderFSError as exc:
                 attempt += 1
                 if exc.errno not in RETRYABLE and exc.errno != errno.EINVAL \

@@ -1,0 +1,117 @@
+"""Talking to running mounts: find them, read their status, wait for their uploads.
+
+The control channel is the hidden file ``MOUNTPOINT/.girderfs-status`` (not listed; mode 0400,
+owned by the mount's owner, and, without ``allow_other``, reachable by that user only).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+STATUS_NAME = '.girderfs-status'
+
+
+def _unescape(field: str) -> str:
+    # /proc/self/mountinfo escapes space, tab, newline and backslash as \\ooo.
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == '\\' and i + 3 < len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return ''.join(out)
+
+
+def find_mounts() -> list[str]:
+    """Mountpoints of girderfs filesystems visible to this process."""
+    found = []
+    try:
+        with open('/proc/self/mountinfo', encoding='utf-8') as fh:
+            for line in fh:
+                left, _, right = line.partition(' - ')
+                if right.split(' ', 1)[0] == 'fuse.girderfs':
+                    found.append(_unescape(left.split()[4]))
+    except OSError:
+        pass
+    return found
+
+
+def mount_of(path: str) -> str | None:
+    """The girderfs mountpoint that holds ``path``."""
+    path = os.path.realpath(path)
+    best = None
+    for mp in find_mounts():
+        if (path == mp or path.startswith(mp.rstrip('/') + '/')) and \
+                (best is None or len(mp) > len(best)):
+            best = mp
+    return best
+
+
+def read_status(mountpoint: str) -> dict:
+    with open(os.path.join(mountpoint, STATUS_NAME), encoding='utf-8') as fh:
+        return json.load(fh)
+
+
+def _size(n: float) -> str:
+    for unit in ('B', 'KiB', 'MiB', 'GiB', 'TiB'):
+        if abs(n) < 1024 or unit == 'TiB':
+            return f'{n:.0f} {unit}' if unit == 'B' else f'{n:.1f} {unit}'
+        n /= 1024
+    return f'{n:.1f} TiB'
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f'{d}d ' if d else '') + f'{h:02d}:{m:02d}:{s:02d}'
+
+
+def format_status(mountpoint: str, info: dict) -> str:
+    """A human-readable report of one mount."""
+    stats = info.get('stats', {})
+    hits = info.get('reads', {})
+    served = sum(hits.values()) or 1
+    lines = [
+        f'{mountpoint}',
+        f'  server      {info.get("api_url")} (Girder {info.get("girder_version", "?")})',
+        f'  user        {info.get("user")}' + ('  [read-only]' if info.get('read_only') else ''),
+        f'  uptime      {_duration(time.time() - info.get("started", time.time()))}'
+        f'  (pid {info.get("pid")})',
+        f'  cache       {_size(info.get("cache_bytes", 0))} of {_size(info.get("cache_limit", 0))}'
+        f' in {info.get("cache_dir")}; block hit rate '
+        f'{100 * (hits.get("memory", 0) + hits.get("disk", 0)) / served:.1f}%',
+        f'  traffic     {_size(stats.get("bytes_down", 0))} down, '
+        f'{_size(info.get("uploaded_bytes", 0))} up; {stats.get("requests", 0)} requests, '
+        f'{stats.get("retries", 0)} retries',
+    ]
+    pending = info.get('pending_uploads', [])
+    lines.append(f'  uploads     {len(pending)} pending')
+    for p in pending:
+        done, total = p.get('sent', 0), p.get('size', 0)
+        rate = p.get('rate', 0)
+        line = f'    {p.get("path")}  {_size(done)}/{_size(total)}'
+        if rate:
+            line += f'  {_size(rate)}/s'
+        if p.get('error'):
+            line += f'  (last error: {p["error"]})'
+        lines.append(line)
+    hooks = info.get('hook_failures', [])
+    if hooks:
+        lines.append(f'  hooks       {len(hooks)} failed: ' + '; '.join(hooks[-3:]))
+    return '\n'.join(lines)
+
+
+def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> list[dict]:
+    """Wait until the mount has no pending upload; return what is still pending at timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pending = read_status(mountpoint).get('pending_uploads', [])
+        if not pending or time.monotonic() >= deadline:
+            return pending
+        time.sleep(poll)
