@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
                                       'or a prompt)')
     m.add_argument('--ca-bundle', help='CA bundle for TLS verification')
+    m.add_argument('--on-upload', action='append', default=[], metavar="'METHOD ENDPOINT'",
+                   help='call this Girder endpoint after each upload; may use {fileId}, '
+                        '{itemId}, {folderId}, {path} (repeatable)')
     m.add_argument('--timeout', type=float, default=60.0,
                    help='seconds to wait for the server on one request (default 60)')
 
@@ -220,10 +223,15 @@ def setup_logging(level: str, log_file: str | None) -> None:
 # --- mount -------------------------------------------------------------------------------
 def cmd_mount(args: argparse.Namespace) -> int:
     from .client import GirderClient
+    from .hooks import parse_hook
     from .namespace import root_node
 
     cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
     setup_logging(args.log_level if args.foreground else 'WARNING', None)
+    try:
+        args.hooks = [parse_hook(h) for h in args.on_upload]
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     mountpoint = check_mountpoint(args.mountpoint)
     verify = args.ca_bundle or True
     client = GirderClient(args.api_url, read_timeout=args.timeout, verify=verify)
@@ -301,6 +309,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
     from .cache import BlockStore
     from .client import GirderClient
     from .fuselib import mfusepy, set_read_ahead
+    from .hooks import UploadHooks
     from .namespace import Namespace
     from .operations import GirderOperations
     from .reader import Reader
@@ -325,8 +334,13 @@ def run_mount(settings: dict, ready: int | None) -> int:
     if not args.read_only:
         writer = Writer(client, settings['cache_dir'], chunk_size=args.upload_chunk_size)
     ops = GirderOperations(ns, reader, writer, attr_timeout=args.attr_timeout)
+    hooks = UploadHooks(client, args.hooks)
     if writer is not None:
-        writer.on_uploaded = ops.uploaded
+        def uploaded(d, file_doc):
+            ops.uploaded(d, file_doc)
+            hooks.submit(d, file_doc)
+
+        writer.on_uploaded = uploaded
         writer.recover()  # pending uploads of an earlier mount: visible now, uploaded soon
     started = time.time()
 
@@ -337,7 +351,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
                 'cache_limit': args.cache_size, 'read_only': args.read_only,
                 'reads': reader.counts(),
                 'uploaded_bytes': writer.uploaded_bytes if writer else 0,
-                'pending_uploads': writer.progress() if writer else []}
+                'pending_uploads': writer.progress() if writer else [], **hooks.status()}
 
     ops.status_provider = status
 
@@ -440,7 +454,22 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+COMMANDS = ('mount', 'unmount', 'status', 'refresh')
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``girderfs COMMAND ...``; also ``girderfs URL MOUNTPOINT -o OPTS`` as mount(8) calls it
+    (through mount.fuse3 for ``-t fuse.girderfs``, or as ``mount.girderfs``)."""
+    from .config import ConfigError, expand_profile, helper_args
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv and argv[0] not in COMMANDS and not argv[0].startswith('-'):
+            argv = helper_args(argv)
+        argv = expand_profile(argv)
+    except ConfigError as exc:
+        print(f'girderfs: error: {exc}', file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     try:
         commands = {'mount': cmd_mount, 'unmount': cmd_unmount, 'status': cmd_status,
