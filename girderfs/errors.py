@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import re
 
 
 class GirderFSError(OSError):
@@ -21,7 +22,9 @@ def errno_for_status(status: int, message: str) -> int:
     if status == 404:
         return errno.ENOENT
     if status == 400:
-        if 'invalid' in text and ('id' in text or 'objectid' in text):
+        # Girder's words for an id that names nothing: "Invalid ObjectId: x",
+        # "Invalid folder id (x).", "Invalid resource id."
+        if re.search(r'\binvalid (objectid|(\w+ )?id\b)', text):
             return errno.ENOENT
         if 'quota' in text:
             return errno.EDQUOT

@@ -19,7 +19,7 @@ from .namespace import Namespace, Node
 from .reader import Reader, RemoteFile, Stream
 from .util import Counter
 from .writer import Dirty, Writer
-from .xattrs import META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
+from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +123,8 @@ class GirderOperations(mfusepy.Operations):
         return self.ns.getattr(self.ns.resolve(path))
 
     def _dirty_attr(self, d: Dirty) -> dict:
-        with d.lock:
-            size, mtime = d.size, d.mtime_ns
+        # No d.lock: an upload holds it for its whole length, and stat must not wait for that.
+        size, mtime = d.size, d.mtime_ns
         return {'st_mode': stat.S_IFREG | 0o644, 'st_nlink': 1, 'st_size': size,
                 'st_ino': d.ino or self.ns.inode_for(('dirty', d.entry)), 'st_uid': self.ns.uid,
                 'st_gid': self.ns.gid, 'st_mtime': d.set_mtime_ns or mtime, 'st_ctime': mtime,
@@ -275,10 +275,13 @@ class GirderOperations(mfusepy.Operations):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         d = self._new_copy(path)
         if d is not None:
+            key = name[len(META_PREFIX):] if name.startswith(META_PREFIX) else None
             with d.lock:
-                value = d.pending_meta.get(name[len(META_PREFIX):]) \
-                    if name.startswith(META_PREFIX) else None
-            if value is None:
+                found = key in d.pending_meta  # a JSON null is a value, not a missing key
+                value = d.pending_meta.get(key)
+                if name == META and d.parent_kind == 'folder':
+                    found, value = True, dict(d.pending_meta)
+            if not found:
                 raise GirderFSError(errno.ENODATA, f'no attribute {name}')
             return encode_value(value)
         if path == STATUS_PATH:
@@ -290,7 +293,8 @@ class GirderOperations(mfusepy.Operations):
         d = self._new_copy(path)
         if d is not None:
             with d.lock:
-                return [META_PREFIX + k for k in d.pending_meta]
+                keys = [META_PREFIX + k for k in d.pending_meta]
+            return [META] + keys if d.parent_kind == 'folder' else keys
         if path == STATUS_PATH:
             return []
         return self.xattrs.names(self.ns.resolve(path))
@@ -309,6 +313,10 @@ class GirderOperations(mfusepy.Operations):
             if name.startswith(META_PREFIX) and d.parent_kind == 'folder':
                 with d.lock:
                     d.pending_meta[self.xattrs.key(name)] = decode_value(value)
+            elif name == META and d.parent_kind == 'folder':
+                meta = self.xattrs.whole(value)  # the whole object replaces what is pending
+                with d.lock:
+                    d.pending_meta = dict(meta)
             elif not name.startswith(PREFIX):
                 raise GirderFSError(errno.ENOTSUP, f'only {PREFIX}* attributes are stored')
             return 0
@@ -321,8 +329,11 @@ class GirderOperations(mfusepy.Operations):
         d = self._new_copy(path)
         if d is not None:
             with d.lock:
-                if name.startswith(META_PREFIX) and \
-                        d.pending_meta.pop(name[len(META_PREFIX):], None) is not None:
+                if name.startswith(META_PREFIX) and name[len(META_PREFIX):] in d.pending_meta:
+                    del d.pending_meta[name[len(META_PREFIX):]]
+                    return 0
+                if name == META and d.parent_kind == 'folder':
+                    d.pending_meta.clear()
                     return 0
             raise GirderFSError(errno.ENODATA, f'no attribute {name}')
         node = self.ns.resolve(path)
@@ -458,7 +469,8 @@ class GirderOperations(mfusepy.Operations):
             self.ns.delete(dst_parent, target)
         self.ns.rename(src_parent, node, dst_parent, name)
         if d is not None:
-            self.writer.rename(old, new)
+            self.writer.rename(old, new, ('item' if dst_parent.kind == 'item' else 'folder',
+                                          dst_parent.id), name)
         return 0
 
     def _lookup(self, path: str) -> Node | None:

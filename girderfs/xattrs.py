@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+from datetime import datetime
 from typing import Any
 
 from .errors import GirderFSError
@@ -25,6 +26,7 @@ META_PREFIX = META + '.'
 FILE_PREFIX = PREFIX + 'file.'
 DESCRIPTION = PREFIX + 'description'
 META_KINDS = frozenset({'collection', 'folder', 'item'})
+XATTR_SIZE_MAX = 65536  # Linux: the largest value getxattr can return
 FILE_FIELDS = ('id', 'created', 'creator', 'size', 'sha512', 'mime_type', 'name')
 
 
@@ -45,6 +47,25 @@ def decode_value(raw: bytes) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+
+
+def as_stored(doc: Any) -> Any:
+    """A document Girder returned from a change, with its times as Girder stores them.
+
+    The answer carries the in-memory times (microseconds); the database keeps milliseconds,
+    and that is what every later listing shows (``user.girder.updated`` must not change when
+    the cache refreshes).
+    """
+    if isinstance(doc, dict):
+        for key in ('created', 'updated'):
+            value = doc.get(key)
+            if isinstance(value, str):
+                try:
+                    dt = datetime.fromisoformat(value)
+                except ValueError:
+                    continue
+                doc[key] = dt.replace(microsecond=dt.microsecond // 1000 * 1000).isoformat()
+    return doc
 
 
 def _fields(doc: dict, kind: str, web_root: str) -> dict[str, Any]:
@@ -97,7 +118,10 @@ class Xattrs:
         return out
 
     def names(self, node: Node) -> list[str]:
-        return list(self.values(node))
+        # A value over the kernel's 64 KiB limit cannot be read (E2BIG): listing it would make
+        # ``getfattr -d`` and ``cp --preserve=xattr`` fail on the whole entry.
+        return [name for name, v in self.values(node).items()
+                if len(encode_value(v)) <= XATTR_SIZE_MAX]
 
     def get(self, node: Node, name: str) -> bytes:
         if name.startswith(FILE_PREFIX) and node.kind == 'item' and node.files is None:
@@ -132,7 +156,7 @@ class Xattrs:
             raise GirderFSError(errno.EPERM, f'{name} is read-only')
         raise GirderFSError(errno.ENOTSUP, f'only {PREFIX}* attributes are stored ({name})')
 
-    def remove(self, node: Node, name: str) -> None:
+    def remove(self, node: Node, name: str, created_here: bool = False) -> None:
         if name.startswith(META_PREFIX) and node.kind in META_KINDS:
             key = self.key(name)
             if key not in (node.doc.get('meta') or {}):
@@ -145,6 +169,10 @@ class Xattrs:
                 self._delete_keys(node, keys)
             return
         if name in self.values(node):
+            if created_here:
+                # rsync -X drops names its source lacks (a copy of a file gets item fields).
+                log.debug('ignoring removal of read-only %s on a copy made here', name)
+                return
             raise GirderFSError(errno.EPERM, f'{name} is read-only')
         raise GirderFSError(errno.ENODATA, f'no attribute {name}')
 
@@ -155,16 +183,23 @@ class Xattrs:
                                               f'"." or start with "$": {key!r}')
         return key
 
-    def _set_whole(self, node: Node, raw: bytes) -> None:
+    def whole(self, raw: bytes) -> dict:
+        """A value for ``user.girder.meta``: a JSON object with keys Girder accepts, or EINVAL."""
         meta = decode_value(raw)
         if not isinstance(meta, dict):
             raise GirderFSError(errno.EINVAL, f'{META} must be a JSON object')
+        for k in meta:
+            self.key(META_PREFIX + k)  # EINVAL before anything changes on the server
+        return meta
+
+    def _set_whole(self, node: Node, raw: bytes) -> None:
+        meta = self.whole(raw)
         old = node.doc.get('meta') or {}
         gone = [k for k in old if k not in meta]
-        if gone:
-            self._delete_keys(node, gone)
         if meta:
             self._set_keys(node, meta)
+        if gone:
+            self._delete_keys(node, gone)
 
     def _set_keys(self, node: Node, meta: dict) -> None:
         doc = self._put(node, '/metadata', params={'allowNull': 'true'}, json=meta)
@@ -175,8 +210,8 @@ class Xattrs:
         doc = self.client.request('DELETE', f'{node.kind}/{node.id}/metadata', kind='change',
                                   json=keys)
         if doc:
-            node.doc = doc
+            node.doc = as_stored(doc)
 
     def _put(self, node: Node, suffix: str, **kwargs) -> dict | None:
-        return self.client.request('PUT', f'{node.kind}/{node.id}{suffix}', kind='change',
-                                   **kwargs)
+        return as_stored(self.client.request('PUT', f'{node.kind}/{node.id}{suffix}',
+                                             kind='change', **kwargs))
