@@ -38,6 +38,17 @@ class Node:
     doc: dict = field(default_factory=dict)
     files: list[dict] | None = None
     force_dir: bool = False  # an item mounted as the root is always a directory
+    inherited_access: int | None = None  # items and files: their folder's access level
+
+    @property
+    def access(self) -> int | None:
+        """Girder's access level here (0 read, 1 write, 2 admin), or None if not known."""
+        level = self.doc.get('_accessLevel')
+        return level if level is not None else self.inherited_access
+
+    @property
+    def writable(self) -> bool:
+        return self.access is None or self.access >= 1
 
     @property
     def single_file(self) -> dict | None:
@@ -154,6 +165,9 @@ class Namespace:
         self._pool = ThreadPoolExecutor(8, thread_name_prefix='girderfs-list')
         self._mtime_refused = False
         self._created: set[str] = set()  # ids this mount created (copies being made)
+        # Items whose files made them directories: in large folders they stay directories after
+        # their cached files expire (their files are read again at the next listing).
+        self._dir_items: set[str] = set()
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
@@ -172,7 +186,10 @@ class Namespace:
 
     def children(self, node: Node) -> dict[str, Node]:
         """The listing of a directory node, from cache or fetched (all pages)."""
-        if node.kind == 'item' and node.files is None:
+        if node.kind == 'item' and (node.files is None
+                                    or self._files.peek(node.id) is not node.files):
+            # Also when the cached file list was dropped (``invalidate`` after a change): the
+            # node kept in the parent's listing must not go on showing the old files.
             self.load_files(node)
         key = (node.kind, node.id)
         return self._listings.get_or_load(key, lambda: self._fetch_listing(node))
@@ -210,11 +227,13 @@ class Namespace:
         doc = node.single_file if node.kind == 'item' and node.single_file else node.doc
         created = parse_time(node.doc.get('created') or doc.get('created'), self.started)
         updated = parse_time(node.doc.get('updated') or doc.get('updated'), created)
+        # Write bits where Girder would let this user change the entry, so tools can tell.
+        ro = self.read_only or not node.writable
         if node.is_dir:
-            mode = stat.S_IFDIR | (0o555 if self.read_only else 0o755)
+            mode = stat.S_IFDIR | (0o555 if ro else 0o755)
             nlink = 2
         else:
-            mode = stat.S_IFREG | (0o444 if self.read_only else 0o644)
+            mode = stat.S_IFREG | (0o444 if ro else 0o644)
             nlink = 1
         size = node.size
         return {
@@ -229,6 +248,11 @@ class Namespace:
         files = self._files.get_or_load(node.id, lambda: list(
             self.client.paginate(f'item/{node.id}/files', kind='files')))
         node.files = files
+        with self._ino_lock:
+            if node.single_file is None:
+                self._dir_items.add(node.id)
+            else:
+                self._dir_items.discard(node.id)
         return files
 
     def file_doc(self, node: Node) -> dict:
@@ -275,15 +299,28 @@ class Namespace:
         """Rename/move ``node``; EXDEV where Girder cannot move it (mv then copies)."""
         c = self.client
         kind = node.kind
+        # Girder checks a new name against the siblings in the *old* parent when one PUT both
+        # renames and moves (so ``mv a/x b/y`` fails or becomes "y (1)" if a/ holds a "y"):
+        # move first, keeping the name, then rename in the new parent.
+        moved = dst_parent.id != src_parent.id or dst_parent.kind != src_parent.kind
+        renamed = node.name != name  # the shown names (a disambiguated one keeps its raw name)
         if kind == 'folder' and dst_parent.kind in ('collection', 'user', 'folder'):
-            c.request('PUT', f'folder/{node.id}', kind='change', params={
-                'name': name, 'parentType': dst_parent.kind, 'parentId': dst_parent.id})
+            if moved:
+                c.request('PUT', f'folder/{node.id}', kind='change', params={
+                    'parentType': dst_parent.kind, 'parentId': dst_parent.id})
+            if renamed or not moved:
+                c.request('PUT', f'folder/{node.id}', kind='change', params={'name': name})
         elif kind == 'item' and dst_parent.kind == 'folder':
             single = node.single_file if node.files is not None else None
             if node.files is None and not node.is_dir:
                 single = self.file_doc(node)
-            c.request('PUT', f'item/{node.id}', kind='change',
-                      params={'name': name, 'folderId': dst_parent.id})
+            if moved:
+                c.request('PUT', f'item/{node.id}', kind='change',
+                          params={'folderId': dst_parent.id})
+            if renamed or not moved:
+                c.request('PUT', f'item/{node.id}', kind='change', params={'name': name})
+            else:
+                name = node.doc.get('name', name)  # moved only: the item keeps its raw name
             if single is not None and single.get('name') != name:
                 # Keep "one file named like its item", so it still shows as a file.
                 c.request('PUT', f'file/{single["_id"]}', kind='change', params={'name': name})
@@ -341,6 +378,10 @@ class Namespace:
         elif node.kind == 'item':
             for doc in node.files or []:
                 entries.append((doc['name'], Node('file', doc['_id'], doc['name'], doc)))
+        if node.kind in ('folder', 'item'):
+            for _, child in entries:
+                if child.kind in ('item', 'file'):
+                    child.inherited_access = node.access
         return build_listing(entries)
 
     def _check_items(self, items: list[Node]) -> None:
@@ -351,10 +392,15 @@ class Namespace:
         """
         todo = [n for n in items if n.files is None]
         if not todo or len(todo) > self.item_check:
+            known_dirs = []
             for n in todo:
                 cached = self._files.peek(n.id)
                 if cached is not None:
                     n.files = cached
+                elif n.id in self._dir_items:
+                    known_dirs.append(n)
+            # An item already found to be a directory must not turn back into a file.
+            list(self._pool.map(self._files_quiet, known_dirs))
             return
         for n, files in zip(todo, self._pool.map(self._files_quiet, todo), strict=True):
             if files is not None:
@@ -393,7 +439,8 @@ def root_node(client: GirderClient, girder_path: str | None) -> Node:
 
 def c_lookup(client: GirderClient, path: str) -> dict:
     try:
-        return client.get('resource/lookup', path=path)
+        # not client.get(..., path=...): 'path' is get()'s own first parameter
+        return client.request('GET', 'resource/lookup', params={'path': path})
     except GirderFSError as exc:
         if exc.errno in (errno.ENOENT, errno.EINVAL):
             raise GirderFSError(errno.ENOENT, f'--root {path}: not found on the server') from None

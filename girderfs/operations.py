@@ -181,6 +181,8 @@ class GirderOperations(mfusepy.Operations):
         doc = self.ns.file_doc(node)
         remote = RemoteFile.from_doc(doc)
         if writing:
+            if not node.writable:
+                raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
                 path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC))))
@@ -352,6 +354,9 @@ class GirderOperations(mfusepy.Operations):
         else:
             raise GirderFSError(errno.EPERM, f'Girder keeps files in folders, not in a '
                                              f'{parent.kind}')
+        if not parent.writable:
+            # Known now from the listing: refuse before anything is spooled.
+            raise GirderFSError(errno.EACCES, 'no write access to this folder on Girder')
         if self.writer.get(path) is None:
             try:
                 existing = self.ns.children(parent).get(name)
