@@ -159,11 +159,14 @@ def check_server(client) -> str:
 
 
 def mounted_paths() -> set[str]:
+    from .control import _unescape
+
     paths = set()
     try:
         with open('/proc/self/mountinfo', encoding='utf-8') as fh:
             for line in fh:
-                paths.add(line.split()[4].encode().decode('unicode_escape'))
+                # (not .decode('unicode_escape'): that garbles every non-ASCII path)
+                paths.add(_unescape(line.split()[4]))
     except OSError:
         pass
     return paths
@@ -215,8 +218,10 @@ def setup_logging(level: str, log_file: str | None) -> None:
     handler.setFormatter(logging.Formatter('%(asctime)s %(levelname)s %(name)s: %(message)s'))
     root.addHandler(handler)
     root.setLevel(level)
-    # Our own log lines say what failed; the libraries' debug output would repeat it.
-    logging.getLogger('urllib3').setLevel(max(logging.INFO, root.level))
+    # Our own log lines say what failed; the libraries' debug output would repeat it. On the
+    # terminal, urllib3's "Retrying ..." warnings would also bury the one-line error.
+    logging.getLogger('urllib3').setLevel(
+        max(logging.INFO if log_file else logging.ERROR, root.level))
     logging.getLogger('mfusepy').setLevel(max(logging.INFO, root.level))
 
 

@@ -186,7 +186,8 @@ def check(resp: requests.Response, method: str, path: str) -> None:
         message = resp.text[:200] if not resp.raw or not resp.raw.closed else ''
     err = errno_for_status(resp.status_code, message)
     resp.close()
-    raise GirderFSError(err, f'{method} {path}: HTTP {resp.status_code} {message}'.strip())
+    raise GirderFSError(err, f'{method} {path}: HTTP {resp.status_code} {message}'.strip(),
+                        http_status=resp.status_code)
 
 
 def _short(exc: Exception) -> str:

@@ -9,9 +9,10 @@ import re
 class GirderFSError(OSError):
     """An error with an errno for the FUSE layer and a one-line reason for the log."""
 
-    def __init__(self, err: int, reason: str) -> None:
+    def __init__(self, err: int, reason: str, http_status: int | None = None) -> None:
         super().__init__(err, reason)
         self.reason = reason
+        self.http_status = http_status  # set when the server answered (after any retries)
 
 
 def errno_for_status(status: int, message: str) -> int:

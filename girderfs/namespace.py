@@ -136,8 +136,10 @@ def build_listing(entries: list[tuple[str, Node]]) -> dict[str, Node]:
         nodes.sort(key=lambda n: n.id or '')
         for i, node in enumerate(nodes):
             shown = name if i == 0 else disambiguate(name, node.id or str(i))
-            if i and shown in taken:
-                shown = disambiguate(shown, node.kind)
+            base, n = shown, 1
+            while i and shown in taken:  # only names made to look like these suffixes get here
+                shown = disambiguate(base, node.kind if n == 1 else f'{node.kind}{n}')
+                n += 1
             taken.add(shown)
             node.name = shown
             out[shown] = node

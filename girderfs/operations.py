@@ -69,14 +69,15 @@ def mutating(func: F) -> F:
 class Handle:
     """An open file: a remote file and how it is being read, local changes, or a snapshot."""
 
-    __slots__ = ('remote', 'stream', 'data', 'dirty')
+    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable')
 
     def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
-                 dirty: Dirty | None = None) -> None:
+                 dirty: Dirty | None = None, writable: bool = False) -> None:
         self.remote = remote
         self.stream = Stream()
         self.data = data
         self.dirty = dirty
+        self.writable = writable  # opened for writing: its close() uploads local changes
 
 
 def split(path: str) -> tuple[str, str]:
@@ -173,7 +174,7 @@ class GirderOperations(mfusepy.Operations):
             if fi.flags & os.O_TRUNC:
                 self.writer.truncate(d, 0)
             fi.keep_cache = 0
-            fi.fh = self._new_handle(Handle(dirty=d))
+            fi.fh = self._new_handle(Handle(dirty=d, writable=writing))
             return 0
         node = self.ns.resolve(path)
         if node.is_dir:
@@ -185,7 +186,7 @@ class GirderOperations(mfusepy.Operations):
                 raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
-                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC))))
+                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC)), writable=True))
             return 0
         ino = self.ns.inode(node)
         with self._handles_lock:
@@ -371,7 +372,7 @@ class GirderOperations(mfusepy.Operations):
         else:
             d = self.writer.start(path, parent_kind, parent.id, name)
         fi.keep_cache = 0
-        fi.fh = self._new_handle(Handle(dirty=d))
+        fi.fh = self._new_handle(Handle(dirty=d, writable=True))
         return 0
 
     @mutating
@@ -407,13 +408,18 @@ class GirderOperations(mfusepy.Operations):
     @fuse_op
     def flush(self, path: str, fi: Any) -> int:
         handle = self._handle(fi.fh)
-        if handle.dirty is not None:
+        # Only a writer's close uploads: a reader's close must neither start an upload of a
+        # file another process is still writing nor fail because an upload did.
+        if handle.dirty is not None and handle.writable:
             self.writer.flush(handle.dirty)
         return 0
 
     @fuse_op
     def fsync(self, path: str, datasync: int, fi: Any) -> int:
-        return self.flush(path, fi)
+        handle = self._handle(fi.fh)
+        if handle.dirty is not None:  # any handle may ask for durability
+            self.writer.flush(handle.dirty)
+        return 0
 
     @mutating
     def mkdir(self, path: str, mode: int) -> int:
@@ -466,13 +472,15 @@ class GirderOperations(mfusepy.Operations):
                 raise GirderFSError(errno.EISDIR, 'target is a directory')
             if node.is_dir and not target.is_dir:
                 raise GirderFSError(errno.ENOTDIR, 'target is not a directory')
-            if target.is_dir and self.ns.children(target):
+            if target.is_dir and (self.ns.children(target) or self.writer.in_dir(new)):
                 raise GirderFSError(errno.ENOTEMPTY, 'target directory not empty')
         if target is not None:
             # Girder has no atomic replace: remove the target, then move the source in.
             self.writer.discard(new)
             self.ns.delete(dst_parent, target)
         self.ns.rename(src_parent, node, dst_parent, name)
+        if node.is_dir:
+            self.writer.rename_dir(old, new)  # open files inside keep showing at their new path
         if d is not None:
             self.writer.rename(old, new, ('item' if dst_parent.kind == 'item' else 'folder',
                                           dst_parent.id), name)

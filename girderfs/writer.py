@@ -11,6 +11,7 @@ server's offset after a failure.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +27,7 @@ from .errors import GirderFSError
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
+MIN_CHUNK = 5 * MiB  # Girder's default core.upload_minimum_chunk_size
 RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT})
 
 
@@ -68,6 +70,12 @@ class Writer:
                  on_uploaded: Callable[[Dirty, dict], None] | None = None,
                  retry_interval: float = 30.0) -> None:
         self.client = client
+        if chunk_size < MIN_CHUNK:
+            # Girder answers 400 "Chunk is smaller than the minimum size" to every chunk but
+            # the last below its upload_minimum_chunk_size setting (5 MiB by default).
+            log.warning('upload chunk size %d is below Girder\'s minimum; using %d',
+                        chunk_size, MIN_CHUNK)
+            chunk_size = MIN_CHUNK
         self.chunk_size = chunk_size
         self.on_uploaded = on_uploaded
         self.retry_interval = retry_interval
@@ -162,13 +170,13 @@ class Writer:
     # --- data -----------------------------------------------------------------------------
     def write(self, d: Dirty, data: bytes, offset: int) -> int:
         with d.lock:
-            first_change = not d.modified
+            first_change = not d.modified or d.upload_id is not None
             n = os.pwrite(d.fd, data, offset)
             d.size = max(d.size, offset + n)
             d.mtime_ns = time.time_ns()
             d.modified = True
             if first_change:
-                self.save_journal(d)
+                self._changed(d)
             return n
 
     def read(self, d: Dirty, size: int, offset: int) -> bytes:
@@ -180,9 +188,17 @@ class Writer:
             os.ftruncate(d.fd, length)
             d.size = length
             d.mtime_ns = time.time_ns()
-            if not d.modified:
+            if not d.modified or d.upload_id is not None:
                 d.modified = True
-                self.save_journal(d)
+                self._changed(d)
+
+    def _changed(self, d: Dirty) -> None:
+        """First change since the server last had the file, or since an upload failed."""
+        # A failed upload's partial copy on the server holds the old bytes: resuming it would
+        # mix old and new content, so the next upload starts over.
+        d.upload_id = None
+        if not d.deleted:  # an unlinked file is never uploaded: no journal entry
+            self.save_journal(d)
 
     # --- closing --------------------------------------------------------------------------
     def flush(self, d: Dirty) -> None:
@@ -235,6 +251,19 @@ class Writer:
                 d.name = name
             self.save_journal(d)
 
+    def rename_dir(self, old: str, new: str) -> None:
+        """A directory moved: files being written anywhere under it move with it."""
+        prefix, new_prefix = old.rstrip('/') + '/', new.rstrip('/') + '/'
+        with self._lock:
+            moved = [d for p, d in self._table.items() if p.startswith(prefix)]
+            for d in moved:
+                del self._table[d.path]
+                d.path = new_prefix + d.path[len(prefix):]
+                self._table[d.path] = d
+        for d in moved:  # their parents keep their ids: only the paths change
+            with d.lock:
+                self.save_journal(d)
+
     def _forget(self, d: Dirty, keep_open: bool = False) -> None:
         with self._lock:
             if self._table.get(d.path) is d:
@@ -255,7 +284,15 @@ class Writer:
         size = os.fstat(d.fd).st_size
         offset = 0
         if d.upload_id:
-            offset = self._resume_offset(d, size)
+            resumed = self._resume_offset(d, size)
+            if resumed is None:
+                # Gone from the server: finished (its last answer lost, or the mount died just
+                # after) or dropped. Starting over when finished would make a second copy.
+                if self._completed(d, size):
+                    return
+                d.upload_id = None
+            else:
+                offset = resumed
         if not d.upload_id:
             if d.file_id:
                 up = self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
@@ -295,15 +332,16 @@ class Writer:
                     raise
                 log.warning('upload of %s: %s; resuming', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
-                offset = self._resume_offset(d, size)
-                if not d.upload_id:
-                    return self._upload(d)
+                resumed = self._resume_offset(d, size)
+                if resumed is None:
+                    return self._upload(d)  # which checks whether the server finished it
+                offset = resumed
         if doc is None or doc.get('_modelType') != 'file':
             raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
         self._finish(d, doc)
 
-    def _resume_offset(self, d: Dirty, size: int) -> int:
-        """Where the server's copy of the upload ends; restart it if the server lost it."""
+    def _resume_offset(self, d: Dirty, size: int) -> int | None:
+        """Where the server's copy of the upload ends; None if the server has no such upload."""
         try:
             got = self.client.get('file/offset', kind='upload', uploadId=d.upload_id)
             offset = int(got.get('offset', 0))
@@ -312,10 +350,44 @@ class Writer:
         except GirderFSError as exc:
             if exc.errno in RETRYABLE:
                 raise
-            log.info('upload %s of %s is gone on the server (%s); starting over',
-                     d.upload_id, d.path, exc.reason)
-        d.upload_id = None
-        return 0
+            log.info('upload %s of %s is gone on the server (%s)', d.upload_id, d.path,
+                     exc.reason)
+        return None
+
+    def _completed(self, d: Dirty, size: int) -> bool:
+        """Whether a vanished upload of ``d`` did finish: a file of that name with the spool's
+        size and sha512 is where it was going. If so, record it as uploaded."""
+        c = self.client
+        if d.file_id:
+            found = [c.get(f'file/{d.file_id}', kind='upload')]
+        elif d.parent_kind == 'item':
+            found = list(c.paginate(f'item/{d.parent_id}/files', kind='upload'))
+        else:
+            found = []
+            for it in c.paginate('item', kind='upload', folderId=d.parent_id, name=d.name):
+                found += c.paginate(f'item/{it["_id"]}/files', kind='upload')
+        found = [f for f in found if f.get('name') == d.name and f.get('sha512')
+                 and int(f.get('size') or 0) == size]
+        if found:
+            digest = self._spool_sha512(d, size)
+            for f in found:
+                if f['sha512'] == digest:
+                    log.info('upload %s of %s had finished on the server', d.upload_id, d.path)
+                    self._finish(d, f)
+                    return True
+        log.info('upload %s of %s did not finish; starting over', d.upload_id, d.path)
+        return False
+
+    def _spool_sha512(self, d: Dirty, size: int) -> str:
+        h = hashlib.sha512()
+        offset = 0
+        while offset < size:
+            data = os.pread(d.fd, min(8 * MiB, size - offset), offset)
+            if not data:
+                break
+            h.update(data)
+            offset += len(data)
+        return h.hexdigest()
 
     def _finish(self, d: Dirty, file_doc: dict) -> None:
         d.upload_id = None
@@ -350,6 +422,11 @@ class Writer:
             d = Dirty(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
                       upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0)
+            if not d.modified:
+                # The server had this content (the file was still open when the mount died):
+                # nothing to upload, and a stale local copy must not hide later changes.
+                self._forget(d)
+                continue
             try:
                 d.fd = os.open(self._spool(d), os.O_RDWR)
             except OSError as exc:

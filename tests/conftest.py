@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,10 +39,54 @@ def run_girderfs(*args: str, env: dict | None = None, timeout: float = 90,
                           stdin=subprocess.DEVNULL if input is None else None, input=input)
 
 
+def unique(prefix: str) -> str:
+    """A name no other test module uses (the server is shared by the whole session)."""
+    return f'{prefix}-{uuid.uuid4().hex[:8]}'
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def girder_time_ns(value: str) -> int:
+    """A Girder ISO 8601 UTC timestamp as integer nanoseconds since the epoch."""
+    dt = datetime.fromisoformat(value)
+    assert dt.tzinfo is not None and dt.utcoffset() == timedelta(0), value
+    return (dt - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A CLI failure: non-zero exit, one 'girderfs: error:' line on stderr, no traceback."""
+    assert res.returncode != 0, f'expected a failure, got 0; stdout={res.stdout!r}'
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, f'expected one line on stderr, got: {res.stderr!r}'
+    assert lines[0].startswith('girderfs: error:'), lines[0]
+    assert 'Traceback' not in res.stderr + res.stdout
+    for fragment in fragments:
+        assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
+    return lines[0]
+
+
 def is_mounted(path: str | Path) -> bool:
     path = os.path.abspath(path)
     with open('/proc/self/mountinfo', encoding='utf-8') as fh:
-        return any(line.split()[4] == path for line in fh)
+        # the kernel writes space, tab, newline and backslash as \ooo
+        return any(re.sub(r'\\([0-7]{3})', lambda m: chr(int(m[1], 8)), line.split()[4]) == path
+                   for line in fh)
+
+
+def mount_pids(point: str | Path) -> list[int]:
+    """The girderfs processes whose command line names the mountpoint ``point``."""
+    pids = []
+    for entry in os.listdir('/proc'):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f'/proc/{entry}/cmdline').read_bytes().split(b'\0')
+            except OSError:
+                continue
+            if str(point).encode() in cmdline and any(b'girderfs' in a for a in cmdline):
+                pids.append(int(entry))
+    return pids
 
 
 class Mount:
@@ -62,6 +110,37 @@ class Mount:
             subprocess.run(['fusermount3', '-uz', str(self.path)], capture_output=True, timeout=60)
 
 
+class MountFactory:
+    """Makes mounts of the test server under ``base`` and unmounts them all in ``close``."""
+
+    def __init__(self, girder: GirderServer, base: Path) -> None:
+        self.girder = girder
+        self.base = base
+        self.mounts: list[Mount] = []
+
+    def __call__(self, *args: str, token: str | None = 'admin', env: dict | None = None,
+                 cache_dir: Path | None = None, name: str | None = None) -> Mount:
+        n = len(self.mounts)
+        point = self.base / (name or f'mnt{n}')
+        point.mkdir()
+        cache = cache_dir or (self.base / f'cache{n}')
+        full_env = dict(env or {})
+        if token == 'admin':
+            token = self.girder.admin_token
+        if token:
+            full_env['GIRDER_TOKEN'] = token
+        res = run_girderfs('mount', self.girder.url, str(point), '--cache-dir', str(cache),
+                           '--log-level', 'DEBUG', *args, env=full_env)
+        assert res.returncode == 0, f'mount failed: {res.stderr}'
+        m = Mount(point, cache)
+        self.mounts.append(m)
+        return m
+
+    def close(self) -> None:
+        for m in self.mounts:
+            m.unmount()
+
+
 @pytest.fixture(scope='session')
 def girder(tmp_path_factory) -> GirderServer:
     server = GirderServer(str(tmp_path_factory.mktemp('girder'))).start()
@@ -72,25 +151,14 @@ def girder(tmp_path_factory) -> GirderServer:
 @pytest.fixture
 def mount(girder, tmp_path):
     """Factory: ``mount(*cli_args, token=..., env=..., cache_dir=...)`` -> Mount."""
-    mounts: list[Mount] = []
+    factory = MountFactory(girder, tmp_path)
+    yield factory
+    factory.close()
 
-    def make(*args: str, token: str | None = 'admin', env: dict | None = None,
-             cache_dir: Path | None = None, name: str | None = None) -> Mount:
-        point = tmp_path / (name or f'mnt{len(mounts)}')
-        point.mkdir()
-        cache = cache_dir or (tmp_path / f'cache{len(mounts)}')
-        full_env = dict(env or {})
-        if token == 'admin':
-            token = girder.admin_token
-        if token:
-            full_env['GIRDER_TOKEN'] = token
-        res = run_girderfs('mount', girder.url, str(point), '--cache-dir', str(cache),
-                           '--log-level', 'DEBUG', *args, env=full_env)
-        assert res.returncode == 0, f'mount failed: {res.stderr}'
-        m = Mount(point, cache)
-        mounts.append(m)
-        return m
 
-    yield make
-    for m in mounts:
-        m.unmount()
+@pytest.fixture(scope='module')
+def module_mount(girder, tmp_path_factory):
+    """Like ``mount``, but the mounts live until the end of the test module."""
+    factory = MountFactory(girder, tmp_path_factory.mktemp('mounts'))
+    yield factory
+    factory.close()

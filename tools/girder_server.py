@@ -2,6 +2,7 @@
 
 Used by the test suite, the benchmark and the demo. Usage:
     python tools/girder_server.py --port PORT [--fast-index]
+--fast-index (or GIRDERFS_FAST_INDEX=1) loads tools/fast_index.py: hash indexes for mongomock.
 The database lives in memory: a restart is an empty server.
 """
 
@@ -41,9 +42,27 @@ def _patch_mongomock(fast_index: bool) -> None:
     mongomock.collection.Cursor.count = count
 
     if fast_index:
-        from tools_fast_index import install  # noqa: F401  (optional, see tools/)
+        load_fast_index().install()
+        print('girder_server: mongomock fast index installed', file=sys.stderr, flush=True)
 
-        install()
+
+def fast_index_requested(flag: bool = False) -> bool:
+    """--fast-index, or GIRDERFS_FAST_INDEX=1 in the environment (to run the tests with it)."""
+    return flag or os.environ.get('GIRDERFS_FAST_INDEX', '').lower() in ('1', 'true', 'yes')
+
+
+def load_fast_index():
+    """tools/fast_index.py, loaded by path: tools/ is not a package on the server's sys.path."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fast_index.py')
+    module = sys.modules.get('girderfs_tools_fast_index')
+    if module is None:
+        spec = importlib.util.spec_from_file_location('girderfs_tools_fast_index', path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,11 +70,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--port', type=int, required=True)
     parser.add_argument('--host', default='127.0.0.1')
     parser.add_argument('--fast-index', action='store_true',
-                        help='index mongomock lookups (for large benchmark trees)')
+                        help='index mongomock lookups (for large benchmark trees; also '
+                             'GIRDERFS_FAST_INDEX=1)')
     args = parser.parse_args(argv)
 
     os.environ.setdefault('GIRDER_WORKER_TASK_ALWAYS_EAGER', 'true')
-    _patch_mongomock(args.fast_index)
+    _patch_mongomock(fast_index_requested(args.fast_index))
 
     import girder.api.rest as rest
     import mongomock
@@ -74,7 +94,7 @@ class GirderServer:
 
     def __init__(self, workdir: str, fast_index: bool = False, port: int | None = None) -> None:
         self.workdir = workdir
-        self.fast_index = fast_index
+        self.fast_index = fast_index_requested(fast_index)
         self.port = port or free_port()
         self.url = f'http://127.0.0.1:{self.port}/api/v1'
         self.proc: subprocess.Popen | None = None

@@ -1,0 +1,410 @@
+"""Issue 2, unit level: HTTP errors to errno, and the operations class raising FuseOSError.
+
+The operations are called directly (no kernel) over the real client, namespace, block store and
+reader against the real test server; a tiny local HTTP server stands in only where a server
+must misbehave (5xx, silence, a cut body), which a real Girder does not do on demand.
+"""
+
+from __future__ import annotations
+
+import errno
+import http.server
+import json
+import os
+import threading
+import time
+from types import SimpleNamespace
+
+import pytest
+import requests
+from conftest import sha256, unique
+
+from girderfs.cache import BlockStore
+from girderfs.client import GirderClient, check
+from girderfs.errors import GirderFSError, errno_for_status
+from girderfs.fuselib import mfusepy
+from girderfs.namespace import Namespace, Node
+from girderfs.operations import GirderOperations
+from girderfs.reader import Reader
+
+FuseOSError = mfusepy.FuseOSError
+
+
+# --- status -> errno --------------------------------------------------------------------------
+@pytest.mark.parametrize('status, message, expected', [
+    (401, 'You must be logged in.', errno.EACCES),
+    (403, 'Read access denied for folder 6b02 (user None).', errno.EACCES),
+    (404, 'Not found', errno.ENOENT),
+    (400, 'Invalid ObjectId: zzz', errno.ENOENT),
+    (400, 'Invalid item id (000000000000000000000000).', errno.ENOENT),
+    (400, 'Invalid folder id (6b023763018b00312fdc3730).', errno.ENOENT),
+    (500, 'An unexpected error occurred on the server.', errno.EIO),
+    (502, '', errno.EIO),
+    (503, '', errno.EIO),
+    (504, '', errno.EIO),
+])
+def test_errno_for_status(status, message, expected):
+    assert errno_for_status(status, message) == expected
+
+
+def response(status: int, body: bytes, content_type: str = 'application/json'):
+    resp = requests.Response()
+    resp.status_code = status
+    resp._content = body
+    resp.headers['Content-Type'] = content_type
+    return resp
+
+
+@pytest.mark.parametrize('status, body, expected', [
+    (401, b'{"message": "You must be logged in.", "type": "access"}', errno.EACCES),
+    (403, b'{"message": "Access denied", "type": "access"}', errno.EACCES),
+    (400, b'{"field": "id", "message": "Invalid ObjectId: x", "type": "validation"}',
+     errno.ENOENT),
+    (404, b'<h2>404 Not Found</h2>', errno.ENOENT),
+    (500, b'{"message": "An unexpected error occurred on the server.", "type": "internal"}',
+     errno.EIO),
+    (503, b'Service Unavailable', errno.EIO),
+])
+def test_check_raises_girderfs_error_with_errno_and_reason(status, body, expected):
+    with pytest.raises(GirderFSError) as info:
+        check(response(status, body), 'GET', 'item/x')
+    assert info.value.errno == expected
+    assert isinstance(info.value, OSError)
+    assert f'HTTP {status}' in info.value.reason and 'item/x' in info.value.reason
+
+
+def test_check_accepts_success():
+    check(response(200, b'{}'), 'GET', 'item/x')
+    check(response(206, b'abc', 'application/octet-stream'), 'GET', 'file/x/download')
+
+
+# --- the client against the real server ----------------------------------------------------------
+def test_client_errors_from_the_real_server(girder):
+    c = GirderClient(girder.url, retries=1, backoff=0.01)
+    c.set_token(girder.admin_token)
+    for path, expected in [('item/zzz', errno.ENOENT),
+                           ('item/000000000000000000000000', errno.ENOENT),
+                           ('folder/000000000000000000000000', errno.ENOENT)]:
+        with pytest.raises(GirderFSError) as info:
+            c.get(path)
+        assert info.value.errno == expected, path
+    anonymous = GirderClient(girder.url, retries=1, backoff=0.01)
+    with pytest.raises(GirderFSError) as info:
+        anonymous.get('user')
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(GirderFSError) as info:
+        anonymous.login_token('bogus' * 12)
+    assert info.value.errno == errno.EACCES
+    with pytest.raises(GirderFSError) as info:
+        anonymous.login_password('admin', 'wrong password')
+    assert info.value.errno == errno.EACCES
+
+
+# --- a misbehaving server -------------------------------------------------------------------
+class Misbehaving(http.server.ThreadingHTTPServer):
+    """Answers by ``mode``: 'status500', 'silent' (says nothing for 3 s), or 'girder': one item
+    holding one file, whose next downloads get the ``faults`` in turn, then good answers."""
+
+    daemon_threads = True
+
+    def __init__(self, mode: str, data: bytes = b'', faults: list[str] | None = None) -> None:
+        super().__init__(('127.0.0.1', 0), Handler)
+        self.mode, self.data, self.faults = mode, data, list(faults or [])
+        self.hits: list[str] = []
+        self.url = f'http://127.0.0.1:{self.server_address[1]}/api/v1'
+        threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def file_doc(self) -> dict:
+        return {'_id': 'f' * 24, '_modelType': 'file', 'name': 'x.bin', 'size': len(self.data),
+                'created': '2024-01-02T03:04:05.678000+00:00', 'itemId': 'i' * 24}
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def send(self, status: int, body: bytes, headers: dict | None = None,
+             length: int | None = None) -> None:
+        self.send_response(status)
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.send_header('Content-Length', str(len(body) if length is None else length))
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+
+    def do_GET(self) -> None:
+        srv: Misbehaving = self.server  # type: ignore[assignment]
+        srv.hits.append(self.path)
+        if srv.mode == 'status500':
+            return self.send(500, b'{"message": "boom", "type": "internal"}',
+                             {'Content-Type': 'application/json'})
+        if srv.mode == 'silent':
+            time.sleep(3)
+            return self.send(200, b'{}')
+        if '/download' not in self.path:  # item/<id>/files, or file/<id>
+            doc = [srv.file_doc()] if '/files' in self.path else srv.file_doc()
+            return self.send(200, json.dumps(doc).encode(), {'Content-Type': 'application/json'})
+        rng = self.headers.get('Range', '')
+        start, _, end = rng.removeprefix('bytes=').partition('-')
+        start, end = int(start), min(int(end), len(srv.data) - 1)
+        body = srv.data[start:end + 1]
+        headers = {'Content-Type': 'application/octet-stream',
+                   'Content-Range': f'bytes {start}-{end}/{len(srv.data)}'}
+        fault = srv.faults.pop(0) if srv.faults else None
+        if fault == 'cut':  # the body ends early: the connection breaks
+            self.send(206, body[:len(body) // 2], headers, length=len(body))
+            self.close_connection = True
+        elif fault == 'short':  # a shorter body, and a Content-Length that says so
+            self.send(206, body[:-1], headers)
+        elif fault == 'other_range':  # bytes from elsewhere, labelled as such
+            other = max(0, start - 1000)
+            headers['Content-Range'] = f'bytes {other}-{other + len(body) - 1}/{len(srv.data)}'
+            self.send(206, srv.data[other:other + len(body)], headers)
+        elif fault == 'whole_file':  # the Range header ignored
+            del headers['Content-Range']
+            self.send(200, srv.data, headers)
+        else:
+            self.send(206, body, headers)
+
+
+@pytest.fixture
+def misbehaving():
+    servers = []
+
+    def make(*args, **kwargs) -> Misbehaving:
+        servers.append(Misbehaving(*args, **kwargs))
+        return servers[-1]
+
+    yield make
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+def test_5xx_is_retried_then_eio(misbehaving):
+    srv = misbehaving('status500')
+    c = GirderClient(srv.url, retries=2, backoff=0.01)
+    with pytest.raises(GirderFSError) as info:
+        c.get('collection')
+    assert info.value.errno == errno.EIO
+    assert 'HTTP 500' in info.value.reason
+    assert len(srv.hits) == 3  # the first try and two retries
+
+
+def test_silent_server_times_out_with_eio(misbehaving):
+    srv = misbehaving('silent')
+    c = GirderClient(srv.url, read_timeout=0.3, retries=1, backoff=0.01)
+    started = time.monotonic()
+    with pytest.raises(GirderFSError) as info:
+        c.get('collection')
+    assert info.value.errno == errno.EIO
+    assert time.monotonic() - started < 2.5  # two tries of 0.3 s, not two of 3 s
+    assert 'Timeout' in info.value.reason or 'timed out' in info.value.reason
+
+
+def test_refused_connection_is_eio():
+    from tools.girder_server import free_port
+
+    c = GirderClient(f'http://127.0.0.1:{free_port()}/api/v1', retries=1, backoff=0.01)
+    with pytest.raises(GirderFSError) as info:
+        c.get('collection')
+    assert info.value.errno == errno.EIO
+
+
+# --- the operations class -----------------------------------------------------------------------
+def fi(flags: int = os.O_RDONLY, fh: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(flags=flags, fh=fh, keep_cache=0, direct_io=0)
+
+
+class Stack:
+    """Client, namespace, block store, reader and operations, as the mount builds them."""
+
+    def __init__(self, url: str, token: str | None, cache_dir, *, root: Node | None = None,
+                 retries: int = 4, block_size: int = 1 << 20) -> None:
+        self.client = GirderClient(url, retries=retries, backoff=0.01, read_timeout=10)
+        if token:
+            self.client.set_token(token)
+        self.store = BlockStore(str(cache_dir), 1 << 30, block_size)
+        self.ns = Namespace(self.client, root, ttl=5.0, read_only=True)
+        self.reader = Reader(self.client, self.store, verify_ttl=5.0)
+        self.ops = GirderOperations(self.ns, self.reader, None, attr_timeout=5.0)
+
+    def close(self) -> None:
+        self.ops.ns = self.ns  # (a test may have swapped it)
+        self.ops.destroy('/')
+        self.store.close()
+
+
+@pytest.fixture(scope='module')
+def data(girder):
+    col = girder.collection(unique('Unit'))
+    folder = girder.folder(col, 'f')
+    payload = os.urandom(3 * (1 << 20) + 17)
+    girder.file_item(folder, 'x.bin', payload)
+    multi = girder.item(folder, 'multi')
+    girder.upload(multi, 'a', b'a')
+    girder.upload(multi, 'b', b'b')
+    private = girder.collection(unique('UnitPrivate'), public=False)
+    return {'col': col['name'], 'payload': payload, 'private': private}
+
+
+@pytest.fixture
+def stack(girder, tmp_path):
+    stacks = []
+
+    def make(token: str | None = 'admin', **kwargs) -> Stack:
+        url = kwargs.pop('url', girder.url)
+        s = Stack(url, girder.admin_token if token == 'admin' else token,
+                  tmp_path / f'cache{len(stacks)}', **kwargs)
+        stacks.append(s)
+        return s
+
+    yield make
+    for s in stacks:
+        s.close()
+
+
+def raises_errno(expected: int, call, *args):
+    with pytest.raises(FuseOSError) as info:
+        call(*args)
+    assert info.value.errno == expected, (call.__name__, args, info.value)
+
+
+def test_open_and_read_a_file(stack, data):
+    ops = stack().ops
+    path = f'/collection/{data["col"]}/f/x.bin'
+    attrs = ops.getattr(path)
+    assert attrs['st_size'] == len(data['payload'])
+    info = fi()
+    assert ops.open(path, info) == 0 and info.fh
+    got, off = [], 0
+    while chunk := ops.read(path, 1 << 20, off, info):
+        got.append(chunk)
+        off += len(chunk)
+    assert sha256(b''.join(got)) == sha256(data['payload'])
+    assert ops.read(path, 100, len(data['payload']) + 5, info) == b''
+    assert ops.release(path, info) == 0
+    raises_errno(errno.EBADF, ops.read, path, 10, 0, info)  # released
+
+
+def test_unknown_paths_are_enoent(stack, data):
+    ops = stack().ops
+    for path in ['/nope', '/collection/' + unique('Missing'), f'/collection/{data["col"]}/f/nope',
+                 f'/collection/{data["col"]}/f/multi/c']:
+        raises_errno(errno.ENOENT, ops.getattr, path)
+        raises_errno(errno.ENOENT, ops.open, path, fi())
+    raises_errno(errno.ENOENT, ops.readdir, f'/collection/{data["col"]}/nope', 0)
+
+
+def test_directories_and_files_in_the_wrong_place(stack, data):
+    ops = stack().ops
+    top = f'/collection/{data["col"]}/f'
+    raises_errno(errno.EISDIR, ops.open, top, fi())
+    raises_errno(errno.EISDIR, ops.open, f'{top}/multi', fi())  # an item of two files
+    raises_errno(errno.ENOTDIR, ops.readdir, f'{top}/x.bin', 0)
+    raises_errno(errno.ENOTDIR, ops.getattr, f'{top}/x.bin/below')
+    names = [e if isinstance(e, str) else e[0] for e in ops.readdir(f'{top}/multi', 0)]
+    assert sorted(names) == ['.', '..', 'a', 'b']
+
+
+def test_changes_are_erofs(stack, data):
+    ops = stack().ops
+    f = f'/collection/{data["col"]}/f/x.bin'
+    for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC, os.O_WRONLY | os.O_APPEND):
+        raises_errno(errno.EROFS, ops.open, f, fi(flags))
+    raises_errno(errno.EROFS, ops.create, f + '.new', 0o644, fi(os.O_WRONLY | os.O_CREAT))
+    raises_errno(errno.EROFS, ops.mkdir, f + '.d', 0o755)
+    raises_errno(errno.EROFS, ops.unlink, f)
+    raises_errno(errno.EROFS, ops.rmdir, f'/collection/{data["col"]}/f')
+    raises_errno(errno.EROFS, ops.rename, f, f + '.moved')
+    raises_errno(errno.EROFS, ops.truncate, f, 0)
+    raises_errno(errno.EROFS, ops.write, f, b'x', 0, fi(os.O_WRONLY))
+
+
+def test_anonymous_refusals_are_eacces(stack, data):
+    ops = stack(token=None).ops
+    raises_errno(errno.EACCES, ops.readdir, '/user', 0)
+    raises_errno(errno.EACCES, ops.getattr, '/user/admin')
+    # a private collection is not listed to anonymous clients ...
+    raises_errno(errno.ENOENT, ops.getattr, f'/collection/{data["private"]["name"]}')
+    # ... and refused when asked for directly (as a --root would)
+    root = Node('collection', data['private']['_id'], data['private']['name'], force_dir=True)
+    ops = stack(token=None, root=root).ops
+    raises_errno(errno.EACCES, ops.readdir, '/', 0)
+
+
+def test_server_errors_become_eio_after_retries(stack, misbehaving):
+    srv = misbehaving('status500')
+    ops = stack(url=srv.url, retries=1).ops
+    raises_errno(errno.EIO, ops.readdir, '/collection', 0)
+    raises_errno(errno.EIO, ops.getattr, '/collection/anything')
+    assert len(srv.hits) == 4  # two calls, each tried twice
+
+
+# the misbehaving server's one item, mounted as the root (like --root /collection/c/f/item)
+def item_root() -> Node:
+    return Node('item', 'i' * 24, 'item', {'_id': 'i' * 24, 'name': 'item'}, force_dir=True)
+
+
+@pytest.mark.parametrize('faults', [['cut'], ['cut', 'cut'], ['short'], ['other_range'],
+                                    ['whole_file'], ['cut', 'short', 'other_range']])
+def test_a_bad_body_is_retried_never_returned(stack, misbehaving, faults):
+    payload = os.urandom(600_000)
+    srv = misbehaving('girder', payload, faults)
+    s = stack(url=srv.url, retries=4, block_size=256 << 10, root=item_root())
+    info = fi()
+    s.ops.open('/x.bin', info)
+    offset = 300_000  # not from 0: a whole-file answer cannot stand for this range
+    got = s.ops.read('/x.bin', len(payload), offset, info)
+    assert sha256(got) == sha256(payload[offset:])
+    assert s.client.stats.snapshot()['retries'] >= 1
+    assert not srv.faults  # every fault was served
+    assert sha256(s.ops.read('/x.bin', offset, 0, info)) == sha256(payload[:offset])
+
+
+def test_a_body_cut_every_time_is_eio(stack, misbehaving):
+    payload = os.urandom(100_000)
+    srv = misbehaving('girder', payload, ['cut'] * 1000)
+    s = stack(url=srv.url, retries=2, block_size=256 << 10, root=item_root())
+    info = fi()
+    s.ops.open('/x.bin', info)
+    raises_errno(errno.EIO, s.ops.read, '/x.bin', 1000, 0, info)
+    assert len([h for h in srv.hits if '/download' in h]) <= 10  # bounded
+
+
+class FailingNamespace:
+    """Stands in for the namespace: every lookup raises ``exc``."""
+
+    client = None
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+    def resolve(self, path):
+        raise self.exc
+
+    getattr = children = resolve
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_internal_error_is_eio_without_traceback(stack):
+    s = stack()
+    s.ops.ns = FailingNamespace(KeyError('a bug'))
+    raises_errno(errno.EIO, s.ops.getattr, '/collection')
+    raises_errno(errno.EIO, s.ops.readdir, '/collection', 0)
+    raises_errno(errno.EIO, s.ops.open, '/collection/x', fi())
+
+
+@pytest.mark.parametrize('err', [errno.EACCES, errno.ENOENT, errno.EIO, errno.ENOTDIR])
+def test_girderfs_errors_map_through_every_operation(stack, err):
+    s = stack()
+    s.ops.ns = FailingNamespace(GirderFSError(err, 'because'))
+    raises_errno(err, s.ops.getattr, '/x')
+    raises_errno(err, s.ops.readdir, '/x', 0)
+    raises_errno(err, s.ops.open, '/x', fi())
+    raises_errno(err, s.ops.listxattr, '/x')
