@@ -413,6 +413,13 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         if left:
             raise CliError(f'{len(left)} upload(s) still pending after {args.timeout:.0f} s; '
                            f'not unmounted (use --force to unmount and keep them in the journal)')
+        # The program whose close() just waited for the last upload may hold the file a moment
+        # longer (the kernel sends RELEASE after close returns): retry "busy" briefly.
+        deadline = time.monotonic() + 10
+        while not args.lazy and time.monotonic() < deadline:
+            if fusermount(path, quiet=True) or path not in mounted_paths():
+                return 0
+            time.sleep(0.2)
     fusermount(path, lazy=args.lazy)
     return 0
 

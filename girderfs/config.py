@@ -88,10 +88,9 @@ def expand_profile(argv: list[str]) -> list[str]:
     """``mount NAME MP ...`` -> ``mount URL MP [profile flags] ...`` when NAME is a profile."""
     if argv[:1] != ['mount']:
         return argv
-    positional = [i for i, a in enumerate(argv[1:], 1) if not a.startswith('-')]
-    if not positional:
+    i = _first_positional(argv)
+    if i is None:
         return argv
-    i = positional[0]
     target = argv[i]
     if '://' in target:
         return argv
@@ -102,6 +101,28 @@ def expand_profile(argv: list[str]) -> list[str]:
     url, flags = profile_args(target, profiles[target])
     # Profile flags first, so the user's own flags (later on the line) override them.
     return ['mount'] + flags + argv[1:i] + [url] + argv[i + 1:]
+
+
+def _first_positional(argv: list[str]) -> int | None:
+    """Index of the first positional argument after ``mount`` (skipping option values, so
+    ``mount --cache-dir DIR NAME MP`` finds NAME, not DIR)."""
+    from .cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == 'command').choices['mount']
+    takes_value = {s for a in sub._actions if a.nargs != 0 for s in a.option_strings}
+    i = 1
+    while i < len(argv):
+        a = argv[i]
+        if a == '--':
+            return i + 1 if i + 1 < len(argv) else None
+        if not a.startswith('-') or a == '-':
+            return i
+        if a in takes_value:
+            i += 2
+            continue
+        i += 1
+    return None
 
 
 def helper_args(argv: list[str]) -> list[str]:
@@ -123,8 +144,10 @@ def helper_args(argv: list[str]) -> list[str]:
     fuse_opts = []
     for opt in filter(None, opts):
         key, eq, value = opt.partition('=')
+        if key.startswith(('x-', 'comment')):  # x-systemd.*, x-gvfs-*: for other programs
+            continue
         key = key.replace('-', '_')
-        if key in MOUNT_ONLY or key.startswith('x-') or key.startswith('comment'):
+        if key in MOUNT_ONLY:
             continue
         if key == 'ro':
             out.append('--read-only')
