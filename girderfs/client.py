@@ -122,12 +122,27 @@ class GirderClient:
         except requests.exceptions.SSLError as exc:
             raise GirderFSError(errno.EIO, f'TLS error talking to {self.api_url}: {exc}') from None
         except requests.RequestException as exc:
-            raise GirderFSError(errno.EIO, f'{method} {path}: {type(exc).__name__}: '
-                                           f'{_short(exc)}') from None
+            err = GirderFSError(errno.EIO, f'{method} {path}: {type(exc).__name__}: '
+                                           f'{_short(exc)}')
+            # urllib3 retries what fails before the body; a body cut short is retried here
+            err.body_cut = isinstance(exc, requests.exceptions.ChunkedEncodingError)
+            err.retried = not err.body_cut  # urllib3 already retried it: do not multiply
+            raise err from None
 
     def request(self, method: str, path: str, kind: str = 'api', **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON (None for an empty body)."""
-        resp = self._send(method, path, kind, **kwargs)
+        attempt = 0
+        while True:
+            try:
+                resp = self._send(method, path, kind, **kwargs)
+                break
+            except GirderFSError as exc:
+                attempt += 1
+                if method != 'GET' or not getattr(exc, 'body_cut', False) \
+                        or attempt > self.retries:
+                    raise
+                log.warning('%s; retrying', exc.reason)
+                self.sleep_backoff(attempt)
         check(resp, method, path)
         if not resp.content:
             return None

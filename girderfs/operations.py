@@ -80,6 +80,20 @@ class Handle:
         self.writable = writable  # opened for writing: its close() uploads local changes
 
 
+def check_new_name(name: str) -> None:
+    """Refuse a name Girder would reject or silently change (it strips leading and trailing
+    white space): the user's name must never be altered behind their back."""
+    if len(name.encode('utf-8', 'surrogateescape')) > 255:
+        raise GirderFSError(errno.ENAMETOOLONG, 'name longer than 255 bytes')
+    if name != name.strip():
+        raise GirderFSError(errno.EINVAL, f'{name!r}: Girder strips leading and trailing '
+                                          f'white space from names')
+    try:
+        name.encode('utf-8')
+    except UnicodeEncodeError:
+        raise GirderFSError(errno.EINVAL, f'{name!r}: not valid UTF-8') from None
+
+
 def split(path: str) -> tuple[str, str]:
     parent, _, name = path.rstrip('/').rpartition('/')
     return parent or '/', name
@@ -363,6 +377,8 @@ class GirderOperations(mfusepy.Operations):
                 existing = self.ns.children(parent).get(name)
             except GirderFSError:
                 existing = None
+            if existing is None:
+                check_new_name(name)
             if existing is not None:
                 # O_CREAT on an existing file: open it (truncating if asked).
                 return self.open(path, fi)
@@ -424,6 +440,7 @@ class GirderOperations(mfusepy.Operations):
     @mutating
     def mkdir(self, path: str, mode: int) -> int:
         parent_path, name = split(path)
+        check_new_name(name)
         self.ns.mkdir(self.ns.resolve(parent_path), name)
         return 0
 
@@ -460,6 +477,7 @@ class GirderOperations(mfusepy.Operations):
             raise GirderFSError(errno.EINVAL, 'cannot move a directory into itself')
         src_parent_path, _ = split(old)
         dst_parent_path, name = split(new)
+        check_new_name(name)
         d = self.writer.get(old)
         if d is not None:
             self.writer.flush(d)  # the server must have it before Girder can move it

@@ -257,7 +257,7 @@ class Reader:
                 # An HTTP error status was already retried by the client; retry here only
                 # what broke mid-body (a cut connection, a short or wrong body).
                 if exc.errno in FATAL_ERRNOS or exc.http_status is not None \
-                        or attempt > self.client.retries:
+                        or getattr(exc, 'retried', False) or attempt > self.client.retries:
                     log.error('read of file %s failed: %s', f.file_id, exc.reason)
                     for idx in pending:
                         self._settle(f, idx, futures[idx], None, exc)

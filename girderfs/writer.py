@@ -294,13 +294,9 @@ class Writer:
             else:
                 offset = resumed
         if not d.upload_id:
-            if d.file_id:
-                up = self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
-                                         params={'size': size})
-            else:
-                up = self.client.request('POST', 'file', kind='upload', params={
-                    'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
-                    'size': size})
+            up = self._begin(d, size)
+            if up is None:  # an earlier attempt had made it; its answer was lost
+                return
             if size == 0 or up.get('_modelType') == 'file':
                 self._finish(d, up)
                 return
@@ -340,6 +336,27 @@ class Writer:
             raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
         self._finish(d, doc)
 
+    def _begin(self, d: Dirty, size: int) -> dict | None:
+        """Start an upload (retried on network errors and 5xx); None if the server already
+        has the file (an empty file is created at once: a lost answer must not make two)."""
+        attempt = 0
+        while True:
+            if size == 0 and (attempt or d.error) and not d.file_id and self._completed(d, 0):
+                return None
+            try:
+                if d.file_id:
+                    return self.client.request('PUT', f'file/{d.file_id}/contents',
+                                               kind='upload', params={'size': size})
+                return self.client.request('POST', 'file', kind='upload', params={
+                    'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
+                    'size': size})
+            except GirderFSError as exc:
+                attempt += 1
+                if exc.errno not in RETRYABLE or attempt > self.client.retries:
+                    raise
+                log.warning('upload of %s: %s; retrying', d.path, exc.reason)
+                self.client.sleep_backoff(attempt)
+
     def _resume_offset(self, d: Dirty, size: int) -> int | None:
         """Where the server's copy of the upload ends; None if the server has no such upload."""
         try:
@@ -366,12 +383,12 @@ class Writer:
             found = []
             for it in c.paginate('item', kind='upload', folderId=d.parent_id, name=d.name):
                 found += c.paginate(f'item/{it["_id"]}/files', kind='upload')
-        found = [f for f in found if f.get('name') == d.name and f.get('sha512')
+        found = [f for f in found if f.get('name') == d.name and (f.get('sha512') or size == 0)
                  and int(f.get('size') or 0) == size]
         if found:
             digest = self._spool_sha512(d, size)
             for f in found:
-                if f['sha512'] == digest:
+                if size == 0 or f['sha512'] == digest:
                     log.info('upload %s of %s had finished on the server', d.upload_id, d.path)
                     self._finish(d, f)
                     return True

@@ -20,6 +20,8 @@ results are the same as without the patch; any query that cannot use an index (o
 paths, ``None``, arrays, regexes, ``$or``...) takes mongomock's normal path.
 
 Enable it with ``python tools/girder_server.py --fast-index`` or ``GIRDERFS_FAST_INDEX=1``.
+With ``GIRDERFS_FAST_INDEX_DEBUG=1`` every query that still scans a collection of more than 1,000
+documents is logged to stderr (the server's log), to find what is left to index.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import functools
 import itertools
 import math
 import operator
+import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -232,6 +236,15 @@ def _native_sort_key(docs: list, field: str):
     return None
 
 
+def _shape(flt: Any) -> Any:
+    """A query with its values replaced by their types (for the debug log)."""
+    if isinstance(flt, Mapping):
+        return {k: _shape(v) for k, v in flt.items()}
+    if isinstance(flt, (list, tuple)):
+        return [_shape(v) for v in flt]
+    return type(flt).__name__
+
+
 def _track(gen: Iterator[dict], touched: list) -> Iterator[dict]:
     for doc in gen:
         touched.append(doc)
@@ -299,6 +312,7 @@ def install() -> None:
 
     # --- lookups ----------------------------------------------------------------------------
     orig_iter = mcoll.Collection._iter_documents
+    debug = os.environ.get('GIRDERFS_FAST_INDEX_DEBUG', '') not in ('', '0')
 
     def _iter_documents(self, filter):
         store = self._store
@@ -317,6 +331,9 @@ def install() -> None:
                 gen = iter(found) if exact else \
                     (d for d in found if filtering.filter_applies(filter, d))
         if gen is None:
+            if debug and len(store._documents) > 1000:
+                print(f'fast_index: full scan of {self.name} ({len(store._documents)} documents) '
+                      f'for {_shape(filter)}', file=sys.stderr, flush=True)
             gen = orig_iter(self, filter)
         touched = getattr(_tls, 'touched', None)
         return gen if touched is None else _track(gen, touched)
