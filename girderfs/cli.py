@@ -172,21 +172,24 @@ def mounted_paths() -> set[str]:
     return paths
 
 
-def check_mountpoint(path: str) -> str:
+def check_mountpoint(path: str, cleaned: bool = False) -> str:
     path = os.path.abspath(path)
     try:
         st = os.stat(path)
+        if path in mounted_paths():
+            # stat() may still answer from the kernel's attribute cache after the mount
+            # process died; statfs always asks the process.
+            os.statvfs(path)
+            raise CliError(f'mountpoint {path} is already mounted')
     except FileNotFoundError:
         raise CliError(f'mountpoint {path} does not exist') from None
     except OSError as exc:
-        if exc.errno == errno.ENOTCONN:
-            # A previous mount died: clear the dead endpoint, then mount again.
-            log.warning('%s: stale mount (transport endpoint not connected); cleaning up', path)
-            fusermount(path, lazy=True, quiet=True)
-            return check_mountpoint(path)
-        raise CliError(f'mountpoint {path}: {exc.strerror}') from None
-    if path in mounted_paths():
-        raise CliError(f'mountpoint {path} is already mounted')
+        if exc.errno != errno.ENOTCONN or cleaned:
+            raise CliError(f'mountpoint {path}: {exc.strerror}') from None
+        # A previous mount died: clear the dead endpoint, then mount again.
+        log.warning('%s: stale mount (transport endpoint not connected); cleaning up', path)
+        fusermount(path, lazy=True, quiet=True)
+        return check_mountpoint(path, cleaned=True)
     if not stat.S_ISDIR(st.st_mode):
         raise CliError(f'mountpoint {path} is not a directory')
     if os.listdir(path):

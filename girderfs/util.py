@@ -15,12 +15,16 @@ class LockedTTLCache(Generic[V]):
     """A cachetools TTLCache behind a lock, with single-flight loading per key.
 
     Two threads asking for the same missing key run the loader once; the second waits for it.
+    A load that was under way when its key was dropped is not stored: it may predate the change
+    that dropped it (our own write, say), and later readers must see that change.
     """
 
     def __init__(self, maxsize: int, ttl: float) -> None:
         self._cache: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl)
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
+        self._drops: dict[Hashable, int] = {}  # times each key was dropped
+        self._era = 0  # bumped when _drops is emptied, so old counts never match again
 
     def peek(self, key: Hashable) -> V | None:
         with self._lock:
@@ -33,10 +37,19 @@ class LockedTTLCache(Generic[V]):
     def pop(self, key: Hashable) -> None:
         with self._lock:
             self._cache.pop(key, None)
+            if len(self._drops) > 100_000:
+                self._drops.clear()
+                self._era += 1
+            self._drops[key] = self._drops.get(key, 0) + 1
 
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()
+            self._drops.clear()
+            self._era += 1
+
+    def _version(self, key: Hashable) -> tuple[int, int]:
+        return self._era, self._drops.get(key, 0)
 
     def get_or_load(self, key: Hashable, loader: Callable[[], V]) -> V:
         with self._lock:
@@ -47,13 +60,16 @@ class LockedTTLCache(Generic[V]):
             with self._lock:
                 if key in self._cache:
                     return self._cache[key]
+                version = self._version(key)
             try:
                 value = loader()
             finally:
                 with self._lock:
-                    self._loading.pop(key, None)
+                    if self._loading.get(key) is gate:
+                        del self._loading[key]
             with self._lock:
-                self._cache[key] = value
+                if self._version(key) == version:
+                    self._cache[key] = value
             return value
 
 
