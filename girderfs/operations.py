@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 F = TypeVar('F', bound=Callable[..., Any])
 STATUS_PATH = '/.girderfs-status'
+FUSE_HIDDEN = '.fuse_hidden'  # libfuse renames an unlinked open file to .fuse_hiddenXXXX
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
@@ -129,7 +130,17 @@ class GirderOperations(mfusepy.Operations):
 
     # --- metadata -------------------------------------------------------------------------
     @fuse_op
-    def getattr(self, path: str, fh: Any = None) -> dict:
+    def getattr(self, path: str | None, fh: Any = None) -> dict:
+        if path is None:
+            # fstat of an open file that was unlinked (hard_remove): only its handle knows it.
+            handle = self._handle(fh.fh) if fh is not None else None
+            if handle is not None and handle.dirty is not None:
+                return self._dirty_attr(handle.dirty)
+            if handle is not None and handle.remote is not None:
+                return {'st_mode': stat.S_IFREG | 0o444, 'st_nlink': 0,
+                        'st_size': handle.remote.size, 'st_uid': self.ns.uid,
+                        'st_gid': self.ns.gid}
+            raise GirderFSError(errno.ENOENT, 'no such file')
         if path == STATUS_PATH:
             return self._status_attr()
         d = self.writer.get(path) if self.writer else None
@@ -473,6 +484,8 @@ class GirderOperations(mfusepy.Operations):
     def rename(self, old: str, new: str) -> int:
         if new == old:
             return 0
+        if split(new)[1].startswith(FUSE_HIDDEN):
+            return self._hide(old, new)
         if new.startswith(old.rstrip('/') + '/'):
             raise GirderFSError(errno.EINVAL, 'cannot move a directory into itself')
         src_parent_path, _ = split(old)
@@ -502,6 +515,18 @@ class GirderOperations(mfusepy.Operations):
         if d is not None:
             self.writer.rename(old, new, ('item' if dst_parent.kind == 'item' else 'folder',
                                           dst_parent.id), name)
+        return 0
+
+    def _hide(self, old: str, new: str) -> int:
+        """libfuse's stand-in for unlinking an open file: delete it on the server now, keep
+        the open handles working locally, and never upload the hidden name."""
+        d = self.writer.get(old)
+        if d is None or d.file_id is not None:
+            node = self._lookup(old)
+            if node is not None and not node.is_dir:
+                self.ns.delete(self.ns.resolve(split(old)[0]), node)
+        if d is not None:
+            self.writer.hide(old, new)
         return 0
 
     def _lookup(self, path: str) -> Node | None:

@@ -100,7 +100,8 @@ class Writer:
         prefix = dir_path.rstrip('/') + '/'
         with self._lock:
             return [d for p, d in self._table.items()
-                    if p.startswith(prefix) and '/' not in p[len(prefix):] and d.file_id is None]
+                    if p.startswith(prefix) and '/' not in p[len(prefix):] and d.file_id is None
+                    and not d.deleted]
 
     def progress(self) -> list[dict]:
         """Pending uploads for ``girderfs status``: path, size, bytes sent, rate, last error."""
@@ -233,6 +234,28 @@ class Writer:
                 d.deleted = True
                 self._forget(d, keep_open=d.handles > 0)
         return d
+
+    def hide(self, old: str, new: str) -> None:
+        """An open file was unlinked: libfuse keeps it under a hidden name until closed.
+
+        It stays readable and writable through its handles (and stat-able by that name), but
+        it is deleted: it is never uploaded, and its journal entry and spool file go now.
+        """
+        with self._lock:
+            d = self._table.pop(old, None)
+            if d is None:
+                return
+            d.path = new
+            self._table[new] = d
+        with d.lock:
+            d.modified = False
+            d.deleted = True
+            d.file_id = None
+            for p in (self._journal(d), self._spool(d)):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
 
     def rename(self, old: str, new: str, parent: tuple[str, str] | None = None,
                name: str | None = None) -> None:
