@@ -241,31 +241,36 @@ class Writer:
         It stays readable and writable through its handles (and stat-able by that name), but
         it is deleted: it is never uploaded, and its journal entry and spool file go now.
         """
-        with self._lock:
-            d = self._table.pop(old, None)
-            if d is None:
-                return
-            d.path = new
-            self._table[new] = d
+        d = self._move(old, new)
+        if d is None:
+            return
         with d.lock:
             d.modified = False
             d.deleted = True
             d.file_id = None
-            for p in (self._journal(d), self._spool(d)):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+            self._remove_files(d)
+
+    def _move(self, old: str, new: str) -> Dirty | None:
+        with self._lock:
+            d = self._table.pop(old, None)
+            if d is not None:
+                d.path = new
+                self._table[new] = d
+            return d
+
+    def _remove_files(self, d: Dirty) -> None:
+        for p in (self._journal(d), self._spool(d)):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
 
     def rename(self, old: str, new: str, parent: tuple[str, str] | None = None,
                name: str | None = None) -> None:
         """``old`` is now ``new``, in ``parent`` (kind, id) under ``name`` if they changed."""
-        with self._lock:
-            d = self._table.pop(old, None)
-            if d is None:
-                return
-            d.path = new
-            self._table[new] = d
+        d = self._move(old, new)
+        if d is None:
+            return
         with d.lock:
             # Later uploads must refresh the listing the file is in now, not the one it left.
             if parent is not None:
@@ -295,11 +300,7 @@ class Writer:
             if d.fd >= 0 and not keep_open:
                 os.close(d.fd)
                 d.fd = -1
-            for p in (self._journal(d), self._spool(d)):
-                try:
-                    os.unlink(p)
-                except FileNotFoundError:
-                    pass
+            self._remove_files(d)
 
     # --- upload ---------------------------------------------------------------------------
     def _upload(self, d: Dirty) -> None:

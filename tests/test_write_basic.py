@@ -9,7 +9,16 @@ import random
 import shutil
 
 import pytest
-from writeutil import item_files, lookup, pending, server_file, server_sha512, unique
+from writeutil import (
+    item_files,
+    lookup,
+    make_area,
+    mpath,
+    pending,
+    server_file,
+    server_sha512,
+    unique,
+)
 
 
 @pytest.fixture(scope='module')
@@ -19,14 +28,7 @@ def col(girder):
 
 @pytest.fixture
 def area(girder, col, request):
-    """A fresh server folder for one test: (folder doc, its Girder path)."""
-    name = request.node.name[:60]
-    folder = girder.folder(col, name)
-    return folder, f'/collection/{col["name"]}/{name}'
-
-
-def mpath(m, girder_path: str):
-    return m.path / girder_path.lstrip('/')
+    return make_area(girder, col, request)
 
 
 def sha(data: bytes) -> str:

@@ -12,6 +12,8 @@ import pytest
 from writeutil import (
     local_sha512_tree,
     lookup,
+    make_area,
+    mpath,
     pending,
     server_sha512,
     server_tree,
@@ -28,13 +30,7 @@ def col(girder):
 
 @pytest.fixture
 def area(girder, col, request):
-    name = request.node.name[:60]
-    folder = girder.folder(col, name)
-    return folder, f'/collection/{col["name"]}/{name}'
-
-
-def mpath(m, girder_path: str):
-    return m.path / girder_path.lstrip('/')
+    return make_area(girder, col, request)
 
 
 def run(*cmd, **kw):

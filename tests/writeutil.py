@@ -48,8 +48,9 @@ def write_random(path: str | Path, size: int, seed: int) -> None:
             i += 1
 
 
-def tree(root: str | Path) -> dict[str, str]:
-    """{relative path: 'dir' or sha256 of the file} for everything under ``root``."""
+def tree(root: str | Path, file_hash=None) -> dict[str, str]:
+    """{relative path: 'dir' or the file's hash (sha256 by default)} for everything in ``root``."""
+    file_hash = file_hash or sha256_file
     root = str(root)
     out: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -57,7 +58,7 @@ def tree(root: str | Path) -> dict[str, str]:
         for d in dirnames:
             out[os.path.normpath(os.path.join(rel, d))] = 'dir'
         for f in filenames:
-            out[os.path.normpath(os.path.join(rel, f))] = sha256_file(os.path.join(dirpath, f))
+            out[os.path.normpath(os.path.join(rel, f))] = file_hash(os.path.join(dirpath, f))
     return out
 
 
@@ -119,15 +120,7 @@ def server_tree(girder, folder_id: str, prefix: str = '') -> dict[str, str]:
 
 
 def local_sha512_tree(root: str | Path) -> dict[str, str]:
-    root = str(root)
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        for d in dirnames:
-            out[os.path.normpath(os.path.join(rel, d))] = 'dir'
-        for f in filenames:
-            out[os.path.normpath(os.path.join(rel, f))] = sha512_file(os.path.join(dirpath, f))
-    return out
+    return tree(root, sha512_file)
 
 
 def pending(m: Mount, settle: float = 5.0) -> tuple[list[str], list[str]]:
@@ -191,3 +184,15 @@ def wait_unmounted(path: Path, timeout: float = 20) -> bool:
     while is_mounted(path) and time.monotonic() < deadline:
         time.sleep(0.1)
     return not is_mounted(path)
+
+
+def make_area(girder, col: dict, request) -> tuple[dict, str]:
+    """A fresh server folder for one test: (folder doc, its Girder path)."""
+    name = request.node.name[:60]
+    folder = girder.folder(col, name)
+    return folder, f'/collection/{col["name"]}/{name}'
+
+
+def mpath(m, girder_path: str):
+    """Where a Girder path appears in mount ``m``."""
+    return m.path / girder_path.lstrip('/')
