@@ -150,6 +150,9 @@ class GirderOperations(mfusepy.Operations):
 
     def _dirty_attr(self, d: Dirty) -> dict:
         # No d.lock: an upload holds it for its whole length, and stat must not wait for that.
+        # But the copy of the current content must be complete, or the size is wrong.
+        if not d.ready.wait(self.reader.wait_timeout):
+            raise GirderFSError(errno.EIO, f'{d.path}: copying its content took too long')
         size, mtime = d.size, d.mtime_ns
         return {'st_mode': stat.S_IFREG | 0o644, 'st_nlink': 1, 'st_size': size,
                 'st_ino': d.ino or self.ns.inode_for(('dirty', d.entry)), 'st_uid': self.ns.uid,
@@ -242,10 +245,9 @@ class GirderOperations(mfusepy.Operations):
                 offset += len(data)
 
         d = self.writer.start(path, parent_kind, parent_id, doc['name'], file_id=doc['_id'],
-                              fill=fill)
+                              fill=fill, ino=self.ns.inode(node))
         if truncate and not d.modified:
             self.writer.truncate(d, 0)
-        d.ino = self.ns.inode(node)
         return d
 
     @fuse_op

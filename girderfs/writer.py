@@ -54,6 +54,7 @@ class Dirty:
     sent: int = 0  # bytes the server has confirmed of the upload under way
     upload_started: float = 0.0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    ready: threading.Event = field(default_factory=threading.Event, repr=False)
     fd: int = -1
 
     def journal_doc(self, api_url: str) -> dict:
@@ -141,27 +142,35 @@ class Writer:
     # --- opening --------------------------------------------------------------------------
     def start(self, path: str, parent_kind: str, parent_id: str, name: str,
               file_id: str | None = None, fill: Callable[[int], None] | None = None,
-              size_hint: int = 0) -> Dirty:
-        """Begin local changes to ``path``; ``fill(fd)`` copies the current content in."""
+              ino: int = 0) -> Dirty:
+        """Begin local changes to ``path``; ``fill(fd)`` copies the current content in.
+
+        The entry is published locked and not ``ready``: until the copy is complete, nobody
+        reads, writes or stats a half-filled spool (a size of 0 reported to the kernel then
+        made an O_APPEND write land at offset 0).
+        """
         with self._lock:
             d = self._table.get(path)
             if d is not None:
                 d.handles += 1
                 return d
-            d = Dirty(uuid.uuid4().hex, path, parent_kind, parent_id, name, file_id)
+            d = Dirty(uuid.uuid4().hex, path, parent_kind, parent_id, name, file_id, ino=ino)
             d.handles = 1
+            d.lock.acquire()
             self._table[path] = d
         try:
-            with d.lock:
-                d.fd = os.open(self._spool(d), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
-                if fill is not None:
-                    fill(d.fd)
-                    d.size = os.fstat(d.fd).st_size
-                d.modified = file_id is None  # a new file must reach the server even if empty
-                self.save_journal(d)
+            d.fd = os.open(self._spool(d), os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+            if fill is not None:
+                fill(d.fd)
+                d.size = os.fstat(d.fd).st_size
+            d.modified = file_id is None  # a new file must reach the server even if empty
+            self.save_journal(d)
         except BaseException:
             self._forget(d)
             raise
+        finally:
+            d.ready.set()
+            d.lock.release()
         return d
 
     def attach(self, d: Dirty) -> None:
@@ -463,6 +472,7 @@ class Writer:
             d = Dirty(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
                       upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0)
+            d.ready.set()
             if not d.modified:
                 # The server had this content (the file was still open when the mount died):
                 # nothing to upload, and a stale local copy must not hide later changes.
