@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
-from cachetools import TTLCache
+from cachetools import TLRUCache
 
 V = TypeVar('V')
 
@@ -16,15 +17,23 @@ class LockedTTLCache(Generic[V]):
 
     Two threads asking for the same missing key run the loader once; the second waits for it.
     A load that was under way when its key was dropped is not stored: it may predate the change
-    that dropped it (our own write, say), and later readers must see that change.
+    that dropped it (our own write, say), and later readers must see that change. A loaded value
+    lives ``ttl`` seconds, and at least ``slow_factor`` times as long as it took to load: a
+    10,000-entry listing that takes 8 s to fetch must not expire during the ``ls -l`` it serves.
     """
 
-    def __init__(self, maxsize: int, ttl: float) -> None:
-        self._cache: TTLCache = TTLCache(maxsize=maxsize, ttl=ttl)
+    def __init__(self, maxsize: int, ttl: float, slow_factor: float = 4.0) -> None:
+        self.ttl = ttl
+        self.slow_factor = slow_factor
+        self._life = ttl  # lifetime of the value being inserted (read by _ttu under _lock)
+        self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu)
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self._drops: dict[Hashable, int] = {}  # times each key was dropped
         self._era = 0  # bumped when _drops is emptied, so old counts never match again
+
+    def _ttu(self, key: Hashable, value: V, now: float) -> float:
+        return now + self._life
 
     def peek(self, key: Hashable) -> V | None:
         with self._lock:
@@ -32,6 +41,7 @@ class LockedTTLCache(Generic[V]):
 
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
+            self._life = self.ttl
             self._cache[key] = value
 
     def pop(self, key: Hashable) -> None:
@@ -61,6 +71,7 @@ class LockedTTLCache(Generic[V]):
                 if key in self._cache:
                     return self._cache[key]
                 version = self._version(key)
+            started = time.monotonic()
             try:
                 value = loader()
             finally:
@@ -69,6 +80,7 @@ class LockedTTLCache(Generic[V]):
                         del self._loading[key]
             with self._lock:
                 if self._version(key) == version:
+                    self._life = max(self.ttl, self.slow_factor * (time.monotonic() - started))
                     self._cache[key] = value
             return value
 

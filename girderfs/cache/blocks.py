@@ -59,10 +59,10 @@ class BlockStore:
         self._writer.start()
 
     @staticmethod
-    def _key(ckey: str, index: int) -> str:
+    def _key(ckey: str, index: int | str) -> str:
         return f'{ckey}#{index}'
 
-    def get(self, ckey: str, index: int, expected_len: int) -> bytes | None:
+    def get(self, ckey: str, index: int | str, expected_len: int) -> bytes | None:
         """A stored block, or None if absent or not of the expected length."""
         try:
             data = self._cache.get(self._key(ckey, index))
@@ -79,7 +79,27 @@ class BlockStore:
             return None
         return data
 
-    def put(self, ckey: str, index: int, data: bytes, expected_len: int) -> None:
+    def get_range(self, ckey: str, index: int, lo: int, hi: int,
+                  expected_len: int) -> bytes | None:
+        """Bytes [lo, hi) of a stored block, reading only those from disk (random reads)."""
+        key = self._key(ckey, index)
+        try:
+            handle = self._cache.get(key, read=True)
+        except Exception as exc:
+            log.warning('block cache read failed (%s); fetching from the server', exc)
+            return None
+        if handle is None:
+            return None
+        if isinstance(handle, bytes):  # small values live in the SQLite file itself
+            return handle[lo:hi] if len(handle) == expected_len else None
+        with handle:
+            if os.fstat(handle.fileno()).st_size != expected_len:
+                return None
+            handle.seek(lo)
+            data = handle.read(hi - lo)
+        return data if len(data) == hi - lo else None
+
+    def put(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
         """Store a block; a block of the wrong length is never stored."""
         if len(data) != expected_len:
             log.error('refusing to cache block %d of %s: %d bytes, expected %d',
@@ -90,7 +110,7 @@ class BlockStore:
         except Exception as exc:
             log.warning('block cache write failed: %s', exc)
 
-    def put_async(self, ckey: str, index: int, data: bytes, expected_len: int) -> None:
+    def put_async(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
         """Queue a block for storing; waits (bounded) when the writer is behind."""
         if len(data) != expected_len:
             self.put(ckey, index, data, expected_len)  # logs and refuses
