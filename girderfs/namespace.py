@@ -202,6 +202,30 @@ class Namespace:
         if kind == 'item':
             self._files.pop(ident)
 
+    def add_uploaded_item(self, folder_id: str, name: str, file_doc: dict) -> None:
+        """Put a just-uploaded single-file item into the folder's cached listing.
+
+        Re-reading the listing after every upload made copying many small files cost a
+        listing (and, in small folders, every item's files) per file.
+        """
+        item_id = file_doc['itemId']
+        doc = {'_id': item_id, 'name': name, 'folderId': folder_id,
+               'size': file_doc.get('size', 0), 'created': file_doc.get('created'),
+               'updated': file_doc.get('created'), 'meta': {}, 'description': ''}
+
+        def change(listing: dict[str, Node]) -> dict[str, Node] | None:
+            shown = escape_name(name)
+            current = listing.get(shown)
+            if current is not None and current.id != item_id:
+                return None  # a name clash: let the next listing sort it out
+            parent = next((n for n in listing.values() if n.inherited_access is not None), None)
+            node = Node('item', item_id, shown, doc, files=[file_doc],
+                        inherited_access=parent.inherited_access if parent else None)
+            return {**listing, shown: node}
+
+        self._listings.update(('folder', folder_id), change)
+        self._files.pop(item_id)
+
     def clear(self) -> None:
         self._listings.clear()
         self._files.clear()

@@ -576,14 +576,19 @@ class GirderOperations(mfusepy.Operations):
     # --- after an upload --------------------------------------------------------------------
     def uploaded(self, d: Dirty, file_doc: dict) -> None:
         """Make the namespace show what the server now has (called by the writer)."""
-        self.ns.invalidate(d.parent_kind, d.parent_id)
         item_id = file_doc.get('itemId')
+        if d.parent_kind == 'folder' and item_id and d.file_id is None:
+            pass  # a new item: recorded below without re-reading the folder
+        else:
+            self.ns.invalidate(d.parent_kind, d.parent_id)
         if item_id:
             self.ns.invalidate('item', item_id)
             self.ns.alias_inode(('item' if d.parent_kind == 'folder' else 'file',
                                  item_id if d.parent_kind == 'folder' else file_doc['_id']),
                                 self.ns.inode_for(('dirty', d.entry)))
         if d.parent_kind == 'folder' and item_id:
+            if d.file_id is None:
+                self.ns.add_uploaded_item(d.parent_id, d.name, file_doc)
             self.ns.mark_created(item_id)
             if d.pending_meta:
                 self._put_meta(item_id, d.pending_meta)

@@ -52,6 +52,23 @@ class LockedTTLCache(Generic[V]):
                 self._era += 1
             self._drops[key] = self._drops.get(key, 0) + 1
 
+    def update(self, key: Hashable, change: Callable[[V], V | None]) -> None:
+        """Replace a cached value by ``change(value)`` (None drops it), as one step.
+
+        Like ``pop``, it makes a load under way for ``key`` go unstored: that load began
+        before this change and would undo it.
+        """
+        with self._lock:
+            self._drops[key] = self._drops.get(key, 0) + 1
+            if key not in self._cache:
+                return
+            value = change(self._cache[key])
+            if value is None:
+                self._cache.pop(key, None)
+            else:
+                self._life = self.ttl
+                self._cache[key] = value
+
     def clear(self) -> None:
         with self._lock:
             self._cache.clear()

@@ -443,9 +443,9 @@ class Writer:
         d.upload_id = None
         d.modified = False
         d.error = None
-        d.file_id = file_doc.get('_id', d.file_id)
         if self.on_uploaded is not None:
-            self.on_uploaded(d, file_doc)
+            self.on_uploaded(d, file_doc)  # still shows whether the file is new (file_id None)
+        d.file_id = file_doc.get('_id', d.file_id)
         with self._lock:
             closed = d.handles == 0
         if closed:

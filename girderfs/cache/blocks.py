@@ -46,6 +46,7 @@ class BlockStore:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         self.block_size = block_size
+        self._sql = threading.Lock()  # see _open
         self._cache = diskcache.Cache(
             directory, timeout=30, disk=_BlockDisk, size_limit=size_limit,
             eviction_policy='least-recently-used', cull_limit=16)
@@ -62,18 +63,34 @@ class BlockStore:
     def _key(ckey: str, index: int | str) -> str:
         return f'{ckey}#{index}'
 
-    def get(self, ckey: str, index: int | str, expected_len: int) -> bytes | None:
-        """A stored block, or None if absent or not of the expected length."""
+    def _open(self, key: str):
+        """The stored value of ``key``: an open file (large values), bytes, or None.
+
+        Only the SQLite part runs under ``_sql``: with the LRU policy every hit is a write
+        transaction, and our own threads contending for SQLite's lock back off in sleeps of
+        milliseconds. The file itself is read outside the lock, so reads overlap on the disk.
+        """
         try:
-            data = self._cache.get(self._key(ckey, index))
+            with self._sql:
+                return self._cache.get(key, read=True)
         except Exception as exc:  # a damaged cache must never fail a read
             log.warning('block cache read failed (%s); fetching from the server', exc)
             return None
-        if data is None:
+
+    def get(self, ckey: str, index: int | str, expected_len: int) -> bytes | None:
+        """A stored block, or None if absent or not of the expected length."""
+        key = self._key(ckey, index)
+        handle = self._open(key)
+        if handle is None:
             with self._pending_lock:
-                data = self._pending.get(self._key(ckey, index))
-            if data is None:
-                return None
+                data = self._pending.get(key)
+        elif isinstance(handle, bytes):
+            data = handle
+        else:
+            with handle:
+                data = handle.read()
+        if data is None:
+            return None
         if len(data) != expected_len:
             self.discard(ckey, index)
             return None
@@ -82,12 +99,7 @@ class BlockStore:
     def get_range(self, ckey: str, index: int, lo: int, hi: int,
                   expected_len: int) -> bytes | None:
         """Bytes [lo, hi) of a stored block, reading only those from disk (random reads)."""
-        key = self._key(ckey, index)
-        try:
-            handle = self._cache.get(key, read=True)
-        except Exception as exc:
-            log.warning('block cache read failed (%s); fetching from the server', exc)
-            return None
+        handle = self._open(self._key(ckey, index))
         if handle is None:
             return None
         if isinstance(handle, bytes):  # small values live in the SQLite file itself
@@ -106,7 +118,8 @@ class BlockStore:
                       index, ckey[:24], len(data), expected_len)
             return
         try:
-            self._cache.set(self._key(ckey, index), data)
+            with self._sql:
+                self._cache.set(self._key(ckey, index), data)
         except Exception as exc:
             log.warning('block cache write failed: %s', exc)
 
@@ -132,7 +145,8 @@ class BlockStore:
                 return
             key, data = job
             try:
-                self._cache.set(key, data)
+                with self._sql:
+                    self._cache.set(key, data)
             except Exception as exc:
                 log.warning('block cache write failed: %s', exc)
             finally:
@@ -153,13 +167,15 @@ class BlockStore:
             if key in self._pending:
                 return True
         try:
-            return key in self._cache
+            with self._sql:
+                return key in self._cache
         except Exception:
             return False
 
     def discard(self, ckey: str, index: int) -> None:
         try:
-            self._cache.delete(self._key(ckey, index))
+            with self._sql:
+                self._cache.delete(self._key(ckey, index))
         except Exception:
             pass
 
