@@ -340,16 +340,23 @@ class Namespace:
             single = node.single_file if node.files is not None else None
             if node.files is None and not node.is_dir:
                 single = self.file_doc(node)
-            if moved:
-                c.request('PUT', f'item/{node.id}', kind='change',
-                          params={'folderId': dst_parent.id})
-            if renamed or not moved:
-                c.request('PUT', f'item/{node.id}', kind='change', params={'name': name})
-            else:
-                name = node.doc.get('name', name)  # moved only: the item keeps its raw name
-            if single is not None and single.get('name') != name:
-                # Keep "one file named like its item", so it still shows as a file.
-                c.request('PUT', f'file/{single["_id"]}', kind='change', params={'name': name})
+            try:
+                if moved:
+                    c.request('PUT', f'item/{node.id}', kind='change',
+                              params={'folderId': dst_parent.id})
+                if renamed or not moved:
+                    c.request('PUT', f'item/{node.id}', kind='change', params={'name': name})
+                else:
+                    name = node.doc.get('name', name)  # moved only: it keeps its raw name
+                if single is not None and single.get('name') != name:
+                    # Keep "one file named like its item", so it still shows as a file.
+                    c.request('PUT', f'file/{single["_id"]}', kind='change',
+                              params={'name': name})
+            except GirderFSError:
+                # Half done (the item renamed, its file not) would leave a directory where the
+                # file was: put the item back where it was before reporting the failure.
+                self._undo_item_move(node, src_parent)
+                raise
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
         elif kind == 'file' and dst_parent.kind == 'item' and dst_parent.id == src_parent.id:
             c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
@@ -360,6 +367,16 @@ class Namespace:
         else:
             raise GirderFSError(errno.EPERM, f'cannot move a {kind} into a {dst_parent.kind}')
         for n in (src_parent, dst_parent, node):
+            self.invalidate(n.kind, n.id)
+
+    def _undo_item_move(self, node: Node, src_parent: Node) -> None:
+        try:
+            self.client.request('PUT', f'item/{node.id}', kind='change', params={
+                'folderId': src_parent.id, 'name': node.doc.get('name', node.name)})
+        except GirderFSError as exc:
+            log.error('rename of item %s failed half way and could not be undone: %s',
+                      node.id, exc.reason)
+        for n in (src_parent, node):
             self.invalidate(n.kind, n.id)
 
     def set_mtime(self, node: Node, when: int | str | None) -> bool:

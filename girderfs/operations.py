@@ -577,9 +577,11 @@ class GirderOperations(mfusepy.Operations):
     def uploaded(self, d: Dirty, file_doc: dict) -> None:
         """Make the namespace show what the server now has (called by the writer)."""
         item_id = file_doc.get('itemId')
-        if d.parent_kind == 'folder' and item_id and d.file_id is None:
-            pass  # a new item: recorded below without re-reading the folder
-        else:
+        # A plain new item is added to the cached listing below; anything else (a rewrite, a
+        # time or metadata set after the upload) makes the folder be read again.
+        patch = d.parent_kind == 'folder' and item_id and d.file_id is None \
+            and not d.set_mtime_ns and not d.pending_meta
+        if not patch:
             self.ns.invalidate(d.parent_kind, d.parent_id)
         if item_id:
             self.ns.invalidate('item', item_id)
@@ -587,7 +589,7 @@ class GirderOperations(mfusepy.Operations):
                                  item_id if d.parent_kind == 'folder' else file_doc['_id']),
                                 self.ns.inode_for(('dirty', d.entry)))
         if d.parent_kind == 'folder' and item_id:
-            if d.file_id is None:
+            if patch:
                 self.ns.add_uploaded_item(d.parent_id, d.name, file_doc)
             self.ns.mark_created(item_id)
             if d.pending_meta:

@@ -97,7 +97,9 @@ class LockedTTLCache(Generic[V]):
                         del self._loading[key]
             with self._lock:
                 if self._version(key) == version:
-                    self._life = max(self.ttl, self.slow_factor * (time.monotonic() - started))
+                    # (With a TTL of 0 nothing is cached: --attr-timeout 0 means "always ask".)
+                    self._life = self.ttl and max(
+                        self.ttl, self.slow_factor * (time.monotonic() - started))
                     self._cache[key] = value
             return value
 
