@@ -3,6 +3,7 @@ faulty network (a proxy answering 503, hanging up mid-request) complete or fail 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -56,6 +57,19 @@ def mounter(girder, tmp_path):
     m.cleanup()
 
 
+@contextlib.contextmanager
+def running_cp(src, dst):
+    """`cp src dst` in the background; killed on the way out if it is still running."""
+    cp = subprocess.Popen(['cp', str(src), str(dst)], stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        yield cp
+    finally:
+        if cp.poll() is None:
+            cp.kill()
+            cp.wait()
+
+
 def server_digest(girder, path: str) -> str | None:
     """sha512 of the single-file item at ``path``, or None while it is not (all) there."""
     doc = lookup(girder, path)
@@ -83,9 +97,7 @@ def test_kill_9_during_upload_then_resume(girder, area, proxy, mounter, tmp_path
     pid = mount_pid(point)
     assert pid is not None
     target = point / gp.lstrip('/') / 'big.bin'
-    cp = subprocess.Popen(['cp', str(src), str(target)], stdin=subprocess.DEVNULL,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    with running_cp(src, target) as cp:
         # The upload starts at close(), once cp has written everything to the spool.
         assert wait_for(lambda: len(proxy.requests('POST', r'/file/chunk\?')) >= 3, 120), \
             'the upload did not start'
@@ -93,10 +105,6 @@ def test_kill_9_during_upload_then_resume(girder, area, proxy, mounter, tmp_path
         assert len(spool) == 1 and os.path.getsize(cache / 'spool' / spool[0]) == 200 * MB
         os.kill(pid, signal.SIGKILL)
         cp.wait(60)
-    finally:
-        if cp.poll() is None:
-            cp.kill()
-            cp.wait()
     assert cp.returncode != 0, 'cp must see its close() fail when the mount dies'
     chunks_before = len(proxy.requests('POST', r'/file/chunk\?'))
     assert chunks_before < 25
@@ -142,18 +150,11 @@ def test_kill_9_after_the_server_finished_but_before_its_answer(girder, area, pr
             point=point)
     pid = mount_pid(point)
     assert pid is not None
-    cp = subprocess.Popen(['cp', str(src), str(point / gp.lstrip('/') / 'f.bin')],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE)
-    try:
+    with running_cp(src, point / gp.lstrip('/') / 'f.bin') as cp:
         assert wait_for(lambda: proxy.rules[0].fired == 1
                         and server_digest(girder, f'{gp}/f.bin') == want, 60)
         os.kill(pid, signal.SIGKILL)
         cp.wait(60)
-    finally:
-        if cp.poll() is None:
-            cp.kill()
-            cp.wait()
     journal = os.listdir(cache / 'journal')
     assert len(journal) == 1
     assert wait_for(lambda: stale_endpoint(point), 10)
