@@ -60,8 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help='bound of the block cache, LRU (default 10G)')
     m.add_argument('--block-size', type=parse_size, default=parse_size('1M'),
                    help='cache block size (default 1M)')
-    m.add_argument('--read-ahead', type=parse_size, default=parse_size('1M'),
-                   help='kernel read-ahead of the mount when run as root (default 1M)')
+    m.add_argument('--read-ahead', type=parse_size, default=None,
+                   help='kernel read-ahead of the mount when run as root (default: the FUSE '
+                        'read size, about 1M)')
     m.add_argument('--attr-timeout', type=float, default=5.0,
                    help='seconds listings and attributes are cached (default 5)')
     m.add_argument('--item-check', type=int, default=256,
@@ -317,7 +318,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
     """Build the layers and run the FUSE loop until unmounted."""
     from .cache import BlockStore
     from .client import GirderClient
-    from .fuselib import mfusepy, set_read_ahead
+    from .fuselib import FUSE, set_read_ahead, splice_read_size
     from .hooks import UploadHooks
     from .namespace import Namespace
     from .operations import GirderOperations
@@ -343,7 +344,16 @@ def run_mount(settings: dict, ready: int | None) -> int:
     writer = None
     if not args.read_only:
         writer = Writer(client, settings['cache_dir'], chunk_size=args.upload_chunk_size)
-    ops = GirderOperations(ns, reader, writer, attr_timeout=args.attr_timeout)
+    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': args.read_only,
+               'max_read': splice_read_size()}
+    for group in args.fuse_options:
+        for opt in filter(None, group.split(',')):
+            key, _, value = opt.partition('=')
+            options[key] = value if value else True
+    if options.get('allow_other'):
+        options['default_permissions'] = True
+    max_read = int(options['max_read'])
+    ops = GirderOperations(ns, reader, writer, attr_timeout=args.attr_timeout, max_read=max_read)
     hooks = UploadHooks(client, args.hooks)
     if writer is not None:
         def uploaded(d, file_doc):
@@ -380,19 +390,12 @@ def run_mount(settings: dict, ready: int | None) -> int:
         threading.Thread(target=after_ready, daemon=True).start()
 
     def after_ready():
-        set_read_ahead(settings['mountpoint'], args.read_ahead // 1024)
+        set_read_ahead(settings['mountpoint'], (args.read_ahead or max_read) // 1024)
         _tell(ready, 'ready')
 
     ops.init_with_config = init_and_tell
-    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': args.read_only}
-    for group in args.fuse_options:
-        for opt in filter(None, group.split(',')):
-            key, _, value = opt.partition('=')
-            options[key] = value if value else True
-    if options.get('allow_other'):
-        options['default_permissions'] = True
     try:
-        mfusepy.FUSE(ops, settings['mountpoint'], raw_fi=True, foreground=True, nothreads=False,
+        FUSE(ops, settings['mountpoint'], raw_fi=True, foreground=True, nothreads=False,
                      **options)
     except RuntimeError as exc:
         log.error('FUSE failed: %s', exc)

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
-from .cache import BlockStore, content_key
+from .cache import BlockStore, content_key, read_fd
 from .client import GirderClient
 from .errors import GirderFSError
 
@@ -52,6 +54,44 @@ class RemoteFile:
         return (doc.get('updated') or doc.get('created')) == self.stamp
 
 
+@dataclass(frozen=True, slots=True)
+class FdPart:
+    """Bytes [pos, pos + size) of an open block file: handed to FUSE without reading them."""
+
+    fd: int
+    pos: int
+    size: int
+
+
+Part = bytes | FdPart
+
+
+def close_parts(parts: Iterable[Part | Future | None]) -> None:
+    """Close the files of the FdParts among ``parts`` (each fd once)."""
+    for fd in {p.fd for p in parts if isinstance(p, FdPart)}:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def join_parts(parts: list[Part]) -> bytes:
+    """The bytes of ``parts``; closes their files."""
+    out = []
+    try:
+        for p in parts:
+            if isinstance(p, FdPart):
+                data = read_fd(p.fd, p.pos, p.size)
+                if data is None:
+                    raise GirderFSError(errno.EIO, 'a block cache file is shorter than stored')
+                out.append(data)
+            else:
+                out.append(p)
+    finally:
+        close_parts(parts)
+    return out[0] if len(out) == 1 else b''.join(out)
+
+
 class Stream:
     """Per-handle read pattern: detects sequential access and sizes the prefetch window."""
 
@@ -69,7 +109,7 @@ class Reader:
     def __init__(self, client: GirderClient, store: BlockStore, *, workers: int = 8,
                  prefetch_workers: int = 4, mem_bytes: int = 32 * MiB, first_window: int = MiB,
                  max_window: int = 64 * MiB, max_request: int = 16 * MiB,
-                 disk_ahead: int = 8 * MiB, wait_timeout: float = 300.0,
+                 disk_ahead: int = 16 * MiB, wait_timeout: float = 300.0,
                  verify_ttl: float = 5.0) -> None:
         self.client = client
         self.store = store
@@ -88,11 +128,20 @@ class Reader:
         self._verified: dict[str, float] = {}  # content key -> when the server confirmed it
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
+        self._advise = ThreadPoolExecutor(2, thread_name_prefix='girderfs-advise')
 
     # --- public ---------------------------------------------------------------------------
     def read(self, f: RemoteFile, offset: int, size: int, stream: Stream | None = None) -> bytes:
+        return join_parts(self.read_parts(f, offset, size, stream))
+
+    def read_parts(self, f: RemoteFile, offset: int, size: int,
+                   stream: Stream | None = None) -> list[Part]:
+        """Bytes [offset, offset + size) of ``f`` as parts; the caller closes their files.
+
+        Blocks on disk come back as open files, not read: FUSE copies (or splices) them.
+        """
         if offset >= f.size or size <= 0:
-            return b''
+            return []
         end = min(f.size, offset + size)
         first, last = offset // self.bs, (end - 1) // self.bs
         if stream is not None:
@@ -100,20 +149,30 @@ class Reader:
             if not stream.window and first == last:
                 small = self._read_small(f, offset, end)
                 if small is not None:
-                    return small
+                    return [small]
         wanted = range(first, last + 1)
-        futures = self._claim(f, wanted, self._demand)
-        parts = []
-        for idx in wanted:
-            try:
-                data = futures[idx].result(timeout=self.wait_timeout)
-            except FutureTimeout:
-                raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not received in '
-                                               f'{self.wait_timeout:.0f} s') from None
-            lo = offset - idx * self.bs if idx == first else 0
-            hi = end - idx * self.bs if idx == last else len(data)
-            parts.append(data[lo:hi] if (lo or hi != len(data)) else data)
-        return parts[0] if len(parts) == 1 else b''.join(parts)
+        got = self._claim(f, wanted, self._demand)
+        parts: list[Part] = []
+        try:
+            for idx in wanted:
+                lo = offset - idx * self.bs if idx == first else 0
+                hi = end - idx * self.bs if idx == last else self._block_len(f, idx)
+                value = got[idx]
+                if isinstance(value, FdPart):
+                    parts.append(FdPart(value.fd, lo, hi - lo))
+                    continue
+                if isinstance(value, Future):
+                    try:
+                        value = value.result(timeout=self.wait_timeout)
+                    except FutureTimeout:
+                        raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not '
+                                                       f'received in {self.wait_timeout:.0f} s'
+                                            ) from None
+                parts.append(value[lo:hi] if (lo or hi != len(value)) else value)
+        except BaseException:
+            close_parts(got.values())
+            raise
+        return parts
 
     def _read_small(self, f: RemoteFile, offset: int, end: int) -> bytes | None:
         """A random read inside one block that is not at hand: read or fetch only its pieces.
@@ -128,11 +187,19 @@ class Reader:
             if key in self._mem or key in self._inflight:
                 return None
         base = idx * self.bs
-        part = self.store.get_range(f.ckey, idx, offset - base, end - base,
-                                    self._block_len(f, idx))
-        if part is not None:
+        got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
+        if isinstance(got, int):
+            fd = got
+            try:
+                got = read_fd(fd, offset - base, end - offset)
+            finally:
+                os.close(fd)
+            if got is not None:
+                self._count_small('disk')
+                return got
+        elif got is not None:
             self._count_small('disk')
-            return part
+            return got[offset - base:end - base]
         first, last = offset // PIECE, (end - 1) // PIECE
         pieces: dict[int, bytes] = {}
         missing = []
@@ -195,6 +262,7 @@ class Reader:
 
     def close(self) -> None:
         self._prefetch.shutdown(wait=False, cancel_futures=True)
+        self._advise.shutdown(wait=False, cancel_futures=True)
         self._demand.shutdown(wait=False, cancel_futures=True)
 
     # --- blocks ---------------------------------------------------------------------------
@@ -202,47 +270,55 @@ class Reader:
         return min(self.bs, f.size - idx * self.bs)
 
     def _claim(self, f: RemoteFile, indices: range, pool: ThreadPoolExecutor,
-               prefetch: bool = False) -> dict[int, Future]:
-        """A future per block: done if cached, shared if in flight, else a new fetch is queued.
+               prefetch: bool = False) -> dict[int, Future | bytes | FdPart]:
+        """Per block: its bytes if in memory, its open file if on disk, else a future that is
+        shared if the block is in flight or a new fetch is queued. The caller closes the files.
 
-        For prefetch, blocks already on disk are left there (not loaded) and get no future.
+        For prefetch, blocks already on disk are left there and get nothing.
         """
-        out: dict[int, Future] = {}
+        out: dict[int, Future | bytes | FdPart] = {}
         missing: list[int] = []
         from_disk = 0
-        for idx in indices:
-            key = (f.ckey, idx)
-            with self._lock:
-                data = self._mem.get(key)
-                if data is not None:
-                    self._mem.move_to_end(key)
-                fut = self._inflight.get(key)
-            if data is None and fut is None:
-                if prefetch:
-                    if self.store.contains(f.ckey, idx):
-                        continue
-                else:
-                    data = self.store.get(f.ckey, idx, self._block_len(f, idx))
-                    if data is not None:
-                        from_disk += 1
-                        self._remember(key, data)
-            if data is not None:
-                fut = Future()
-                fut.set_result(data)
-            elif fut is None:
+        try:
+            for idx in indices:
+                key = (f.ckey, idx)
                 with self._lock:
+                    data = self._mem.get(key)
+                    if data is not None:
+                        self._mem.move_to_end(key)
                     fut = self._inflight.get(key)
-                    if fut is None:
-                        fut = self._inflight[key] = Future()
-                        missing.append(idx)
-            out[idx] = fut
-        if not prefetch:
-            with self._lock:
-                self._counts['memory'] += len(indices) - from_disk - len(missing)
-                self._counts['disk'] += from_disk
-                self._counts['network'] += len(missing)
-        for run in _runs(missing, self.max_request_blocks):
-            pool.submit(self._fetch_run, f, run, {i: out[i] for i in run})
+                if data is not None:
+                    out[idx] = data
+                    continue
+                if fut is None:
+                    if prefetch:
+                        if self.store.contains(f.ckey, idx):
+                            continue
+                    else:
+                        got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
+                        if got is not None:
+                            from_disk += 1
+                            out[idx] = FdPart(got, 0, self._block_len(f, idx)) \
+                                if isinstance(got, int) else got
+                            continue
+                    with self._lock:
+                        fut = self._inflight.get(key)
+                        if fut is None:
+                            fut = self._inflight[key] = Future()
+                            missing.append(idx)
+                out[idx] = fut
+        except BaseException:
+            close_parts(out.values())
+            raise
+        finally:
+            if not prefetch:
+                with self._lock:
+                    self._counts['memory'] += len(out) - from_disk - len(missing)
+                    self._counts['disk'] += from_disk
+                    self._counts['network'] += len(missing)
+            # Blocks claimed for fetching are fetched even if this read fails: others may wait.
+            for run in _runs(missing, self.max_request_blocks):
+                pool.submit(self._fetch_run, f, run, {i: out[i] for i in run})
         return out
 
     def _prefetch_after(self, f: RemoteFile, offset: int, end: int, last: int,
@@ -261,8 +337,8 @@ class Reader:
             if not stream.window:
                 return
             nblocks = (f.size - 1) // self.bs + 1
-            # Blocks already on disk: load a few ahead into memory, so the device works while
-            # the reader consumes (a cached block file is read only when asked for otherwise).
+            # Blocks already on disk: have the kernel read a few ahead, so the device works
+            # while the reader consumes (a cached block file is read only when asked for).
             load = range(max(last + 1, stream.loaded_to),
                          min(last + 1 + self.disk_ahead_blocks, nblocks))
             stream.loaded_to = max(stream.loaded_to, load.stop)
@@ -276,30 +352,8 @@ class Reader:
                 stream.prefetched_to = max(stream.prefetched_to, fetch.stop)
         if len(fetch):
             self._claim(f, fetch, self._prefetch, prefetch=True)
-        if len(load):
-            self._load_ahead(f, load)
-
-    def _load_ahead(self, f: RemoteFile, indices: range) -> None:
-        """Read cached blocks from disk into memory in the background."""
-        for idx in indices:
-            key = (f.ckey, idx)
-            with self._lock:
-                if key in self._mem or key in self._inflight:
-                    continue
-            if not self.store.contains(f.ckey, idx):
-                continue  # the network prefetch (or a demand read) brings it
-            with self._lock:
-                if key in self._mem or key in self._inflight:
-                    continue
-                fut = self._inflight[key] = Future()
-            self._prefetch.submit(self._load_one, f, idx, fut)
-
-    def _load_one(self, f: RemoteFile, idx: int, fut: Future) -> None:
-        data = self.store.get(f.ckey, idx, self._block_len(f, idx))
-        if data is None:  # not on disk after all: download it
-            self._fetch_run(f, [idx], {idx: fut})
-        else:
-            self._settle(f, idx, fut, data)
+        for idx in load:  # advice reads file metadata: ms each when cold, so not here
+            self._advise.submit(self.store.advise, f.ckey, idx)
 
     def counts(self) -> dict[str, int]:
         """Blocks asked for by reads: found cached (memory/disk) or fetched from the network."""

@@ -203,3 +203,51 @@ def test_replaced_on_server_between_opens(girder, mount):
         assert time.monotonic() < deadline, 'new content never appeared'
         time.sleep(0.5)
     assert path.read_bytes() == new
+
+
+def test_mounts_with_different_block_sizes_share_a_cache_dir(tree, mount, tmp_path):
+    """Blocks are keyed by block size too: a mount with another --block-size neither reads nor
+    throws away the other's blocks."""
+    cache = tmp_path / 'mixed-cache'
+    small = mount('--block-size', '256K', cache_dir=cache)
+    large = mount('--block-size', '1M', cache_dir=cache)
+    data = tree['files']['big.bin']
+    assert sha(mnt_path(small, 'big.bin').read_bytes()) == sha(data)
+    assert sha(mnt_path(large, 'big.bin').read_bytes()) == sha(data)
+    drop_page_cache()
+    before = small.status()['stats']['bytes_down']
+    assert sha(mnt_path(small, 'big.bin').read_bytes()) == sha(data)
+    assert small.status()['stats']['bytes_down'] == before
+
+
+def cache_fds(m) -> list[str]:
+    """Files of the mount's cache directory that its process holds open."""
+    from conftest import mount_pids
+
+    (pid,) = mount_pids(m.path)
+    out = []
+    for fd in os.listdir(f'/proc/{pid}/fd'):
+        try:
+            target = os.readlink(f'/proc/{pid}/fd/{fd}')
+        except OSError:
+            continue
+        if target.startswith(str(m.cache_dir)) and target.endswith('.val'):
+            out.append(target)
+    return out
+
+
+def test_cached_reads_hand_files_to_fuse_and_close_them(tree, mount, tmp_path):
+    """Reads from the disk cache reply with the blocks' files; the mount closes them again."""
+    cache = tmp_path / 'warm-cache'
+    first = mount('--block-size', '256K', cache_dir=cache)
+    data = tree['files']['big.bin']
+    assert sha(mnt_path(first, 'big.bin').read_bytes()) == sha(data)
+    first.unmount()
+    m = mount('--block-size', '256K', cache_dir=cache)  # a new process: nothing in memory
+    path = mnt_path(m, 'big.bin')
+    for _ in range(3):
+        drop_page_cache()
+        assert sha(path.read_bytes()) == sha(data)
+    assert m.status()['reads']['disk'] >= 3 * (len(data) // BS)
+    # Each FUSE thread keeps at most the files of its last reply open.
+    assert len(cache_fds(m)) <= 16, cache_fds(m)

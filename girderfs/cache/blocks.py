@@ -11,10 +11,15 @@ import logging
 import os
 import queue
 import threading
+import time
+from collections import OrderedDict
 
 import diskcache
 
 log = logging.getLogger(__name__)
+
+WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at most)
+TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
 
 
 class _BlockDisk(diskcache.Disk):
@@ -28,6 +33,17 @@ class _BlockDisk(diskcache.Disk):
         if isinstance(iterator, io.BytesIO):
             iterator = [iterator.getvalue()]  # shares the bytes, no copy
         return super()._write(full_path, iterator, mode, encoding)
+
+
+def read_fd(fd: int, pos: int, size: int) -> bytes | None:
+    """Exactly ``size`` bytes at ``pos`` of an open file, or None if the file is shorter."""
+    data = os.pread(fd, size, pos)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), pos + len(data))
+        if not more:
+            return None
+        data += more
+    return data
 
 
 def content_key(file_doc: dict) -> str:
@@ -46,10 +62,21 @@ class BlockStore:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         self.block_size = block_size
-        self._sql = threading.Lock()  # see _open
+        self._directory = directory
+        # Our threads take turns at SQLite: contending for its own lock, they back off in sleeps
+        # of milliseconds.
+        self._sql = threading.Lock()
+        # disk_min_file_size=0: every block is a file of its own, so reads can hand FUSE a file
+        # descriptor instead of bytes (see open_block).
         self._cache = diskcache.Cache(
             directory, timeout=30, disk=_BlockDisk, size_limit=size_limit,
-            eviction_policy='least-recently-used', cull_limit=16)
+            eviction_policy='least-recently-used', cull_limit=16, disk_min_file_size=0)
+        # Where each block's file is, so a hit costs no SQLite work; entries of blocks evicted
+        # since (by us or by another mount sharing the directory) fail to open and are dropped.
+        self._where: OrderedDict[str, tuple[str, int]] = OrderedDict()
+        self._where_lock = threading.Lock()
+        # Hits found through _where update the LRU order in batches, from the writer thread.
+        self._touched: dict[str, float] = {}
         # Writes go through one background thread so downloads never wait on SQLite; the queue
         # is bounded so memory is too, and queued blocks stay readable until written.
         self._queue: queue.Queue = queue.Queue(maxsize=max(4, (32 << 20) // block_size))
@@ -59,57 +86,126 @@ class BlockStore:
                                         daemon=True)
         self._writer.start()
 
-    @staticmethod
-    def _key(ckey: str, index: int | str) -> str:
+    def _key(self, ckey: str, index: int | str) -> str:
+        # A block index means a different byte range under another block size, and mounts
+        # with different --block-size may share the directory. Named pieces carry their own.
+        if isinstance(index, int):
+            return f'{ckey}#{index}@{self.block_size}'
         return f'{ckey}#{index}'
-
-    def _open(self, key: str):
-        """The stored value of ``key``: an open file (large values), bytes, or None.
-
-        Only the SQLite part runs under ``_sql``: with the LRU policy every hit is a write
-        transaction, and our own threads contending for SQLite's lock back off in sleeps of
-        milliseconds. The file itself is read outside the lock, so reads overlap on the disk.
-        """
-        try:
-            with self._sql:
-                return self._cache.get(key, read=True)
-        except Exception as exc:  # a damaged cache must never fail a read
-            log.warning('block cache read failed (%s); fetching from the server', exc)
-            return None
 
     def get(self, ckey: str, index: int | str, expected_len: int) -> bytes | None:
         """A stored block, or None if absent or not of the expected length."""
-        key = self._key(ckey, index)
-        handle = self._open(key)
-        if handle is None:
-            with self._pending_lock:
-                data = self._pending.get(key)
-        elif isinstance(handle, bytes):
-            data = handle
-        else:
-            with handle:
-                data = handle.read()
-        if data is None:
-            return None
-        if len(data) != expected_len:
-            self.discard(ckey, index)
-            return None
-        return data
+        got = self.open_block(ckey, index, expected_len)
+        if not isinstance(got, int):
+            return got
+        try:
+            return read_fd(got, 0, expected_len)
+        finally:
+            os.close(got)
 
-    def get_range(self, ckey: str, index: int, lo: int, hi: int,
-                  expected_len: int) -> bytes | None:
-        """Bytes [lo, hi) of a stored block, reading only those from disk (random reads)."""
-        handle = self._open(self._key(ckey, index))
-        if handle is None:
-            return None
-        if isinstance(handle, bytes):  # small values live in the SQLite file itself
-            return handle[lo:hi] if len(handle) == expected_len else None
-        with handle:
-            if os.fstat(handle.fileno()).st_size != expected_len:
+    def open_block(self, ckey: str, index: int | str, expected_len: int) -> int | bytes | None:
+        """A stored block as an open file descriptor (the caller closes it), or None.
+
+        Blocks written before every block became a file come back as bytes.
+        """
+        key = self._key(ckey, index)
+        for _ in range(2):
+            where = self._locate(key)
+            if where is None:
+                break
+            if isinstance(where, bytes):
+                return where if len(where) == expected_len else None
+            path, size = where
+            if size != expected_len:
+                self.discard(ckey, index)
                 return None
-            handle.seek(lo)
-            data = handle.read(hi - lo)
-        return data if len(data) == hi - lo else None
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # evicted since we looked it up
+                self._forget(key)
+                continue
+            except OSError as exc:
+                log.warning('block cache file unreadable (%s); fetching from the server', exc)
+                return None
+            with self._where_lock:
+                self._touched[key] = time.time()
+            return fd
+        with self._pending_lock:
+            data = self._pending.get(key)
+        return data if data is not None and len(data) == expected_len else None
+
+    def advise(self, ckey: str, index: int) -> bool:
+        """Ask the kernel to start reading a stored block into its page cache; False if absent.
+
+        Also checks the file's length, which reads skip: a damaged block is dropped here.
+        """
+        key = self._key(ckey, index)
+        where = self._locate(key)
+        if not isinstance(where, tuple):
+            return where is not None
+        try:
+            fd = os.open(where[0], os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._forget(key)
+            return False
+        try:
+            if os.fstat(fd).st_size != where[1]:
+                log.warning('block cache file %s has the wrong length; dropped', where[0])
+                self.discard(ckey, index)
+                return False
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+        return True
+
+    def _locate(self, key: str) -> tuple[str, int] | bytes | None:
+        """Path and size of a stored block's file (its bytes if stored inline); None if absent.
+
+        diskcache writes a value's file before its row, and a file never changes: the stored
+        size is the file's size.
+        """
+        with self._where_lock:
+            where = self._where.get(key)
+        if where is not None:
+            return where
+        try:
+            with self._sql:
+                row = self._cache._sql(  # diskcache's schema; a plain read, no LRU write
+                    'SELECT filename, value, size FROM Cache WHERE key = ? AND raw = 1',
+                    (key,)).fetchone()
+        except Exception as exc:  # a damaged cache must never fail a read
+            log.warning('block cache lookup failed (%s); fetching from the server', exc)
+            return None
+        if row is None:
+            return None
+        filename, value, size = row
+        if filename is None:
+            return bytes(value) if isinstance(value, bytes | memoryview) else None
+        where = (os.path.join(self._directory, filename), size)
+        with self._where_lock:
+            self._where[key] = where
+            if len(self._where) > WHERE_MAX:
+                self._where.popitem(last=False)
+        return where
+
+    def _forget(self, key: str) -> None:
+        with self._where_lock:
+            self._where.pop(key, None)
+            self._touched.pop(key, None)
+
+    def _flush_touches(self) -> None:
+        """Record batched cache hits in diskcache's LRU order (its access_time column)."""
+        with self._where_lock:
+            touched, self._touched = self._touched, {}
+        if not touched:
+            return
+        try:
+            with self._sql, self._cache.transact():
+                for key, when in touched.items():
+                    self._cache._sql('UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1',
+                                     (when, key))
+        except Exception as exc:
+            log.debug('could not record cache hits: %s', exc)
 
     def put(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
         """Store a block; a block of the wrong length is never stored."""
@@ -140,8 +236,13 @@ class BlockStore:
 
     def _write_loop(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job = self._queue.get(timeout=TOUCH_INTERVAL)
+            except queue.Empty:
+                self._flush_touches()
+                continue
             if job is None:
+                self._flush_touches()
                 return
             key, data = job
             try:
@@ -166,13 +267,10 @@ class BlockStore:
         with self._pending_lock:
             if key in self._pending:
                 return True
-        try:
-            with self._sql:
-                return key in self._cache
-        except Exception:
-            return False
+        return self._locate(key) is not None
 
-    def discard(self, ckey: str, index: int) -> None:
+    def discard(self, ckey: str, index: int | str) -> None:
+        self._forget(self._key(ckey, index))
         try:
             with self._sql:
                 self._cache.delete(self._key(ckey, index))

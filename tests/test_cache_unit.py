@@ -1,0 +1,98 @@
+"""The disk block store on its own: lookups without SQLite, eviction by another process,
+damaged files, batched LRU updates (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+
+import pytest
+
+from girderfs.cache import BlockStore, read_fd
+
+BS = 64 * 1024
+
+
+@pytest.fixture
+def stores(tmp_path):
+    """Two stores on one directory, like two mounts sharing a cache."""
+    made = [BlockStore(str(tmp_path / 'blocks'), 64 * BS, BS) for _ in range(2)]
+    yield made
+    for s in made:
+        s.close()
+
+
+def read_block(store: BlockStore, index: int, size: int = BS) -> bytes | None:
+    got = store.open_block('k', index, size)
+    if isinstance(got, int):
+        try:
+            return read_fd(got, 0, size)
+        finally:
+            os.close(got)
+    return got
+
+
+def test_block_written_by_one_store_is_read_by_the_other(stores):
+    a, b = stores
+    a.put('k', 0, b'x' * BS, BS)
+    assert read_block(b, 0) == b'x' * BS
+    assert b.contains('k', 0) and not b.contains('k', 1)
+
+
+def test_block_dropped_by_the_other_store_is_not_served_from_memory(stores):
+    a, b = stores
+    a.put('k', 0, b'x' * BS, BS)
+    assert read_block(b, 0) == b'x' * BS  # b now remembers where the block's file is
+    a.discard('k', 0)
+    assert read_block(b, 0) is None
+    a.put('k', 0, b'y' * BS, BS)  # stored again, in a new file
+    assert read_block(b, 0) == b'y' * BS
+
+
+def test_wrong_length_is_never_served(stores):
+    a, _ = stores
+    a.put('k', 0, b'x' * BS, BS)
+    assert a.open_block('k', 0, BS - 1) is None
+    assert a.open_block('k', 0, BS) is None  # the mismatch dropped the block
+
+
+def test_damaged_file_is_dropped_when_advised(stores, tmp_path):
+    a, _ = stores
+    a.put('k', 3, b'z' * BS, BS)
+    assert a.advise('k', 3)
+    (path, _size) = a._locate(a._key('k', 3))
+    os.truncate(path, BS // 2)
+    assert not a.advise('k', 3)
+    assert not a.contains('k', 3)
+
+
+def test_block_sizes_do_not_share_keys(tmp_path):
+    small = BlockStore(str(tmp_path / 'b'), 64 * BS, BS)
+    large = BlockStore(str(tmp_path / 'b'), 64 * BS, 2 * BS)
+    try:
+        small.put('k', 1, b's' * BS, BS)
+        assert not large.contains('k', 1)
+        large.put('k', 1, b'l' * 2 * BS, 2 * BS)
+        assert small.get('k', 1, BS) == b's' * BS
+        assert large.get('k', 1, 2 * BS) == b'l' * 2 * BS
+    finally:
+        small.close()
+        large.close()
+
+
+def test_hits_reach_the_lru_order(stores, tmp_path):
+    """Hits found without SQLite are written to diskcache's access times in batches, so the
+    block read last is evicted last."""
+    a, _ = stores
+    for i in range(4):
+        a.put('k', i, bytes([i]) * BS, BS)
+    time.sleep(0.05)
+    assert read_block(a, 0) == bytes([0]) * BS
+    a._flush_touches()
+    con = sqlite3.connect(tmp_path / 'blocks' / 'cache.db')
+    try:
+        rows = con.execute('SELECT key FROM Cache ORDER BY access_time').fetchall()
+    finally:
+        con.close()
+    assert rows[-1][0] == a._key('k', 0)
