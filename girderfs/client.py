@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import random
@@ -138,7 +139,11 @@ class GirderClient:
                 break
             except GirderFSError as exc:
                 attempt += 1
-                if method != 'GET' or not getattr(exc, 'body_cut', False) \
+                # A reply cut short leaves it unknown whether the server acted: send it again
+                # only where that is harmless (reads, and the PUTs that set a name, parent,
+                # metadata or time, which do the same the second time).
+                repeatable = method == 'GET' or (method == 'PUT' and kind == 'change')
+                if not repeatable or not getattr(exc, 'body_cut', False) \
                         or attempt > self.retries:
                     raise
                 log.warning('%s; retrying', exc.reason)
@@ -181,6 +186,14 @@ class GirderClient:
             resp.close()
             raise
         return resp
+
+    def finish(self, resp: requests.Response, complete: bool) -> None:
+        """Done with a streamed response: its connection goes back to the pool if the body was
+        read to its end (reads that bypass urllib3 do not release it), else it is closed."""
+        if complete:
+            with contextlib.suppress(Exception):
+                resp.raw.release_conn()
+        resp.close()
 
     def sleep_backoff(self, attempt: int) -> None:
         """Sleep before retry number ``attempt`` (exponential with jitter, capped)."""

@@ -354,8 +354,8 @@ class Namespace:
                               params={'name': name})
             except GirderFSError:
                 # Half done (the item renamed, its file not) would leave a directory where the
-                # file was: put the item back where it was before reporting the failure.
-                self._undo_item_move(node, src_parent)
+                # file was: put both back as they were before reporting the failure.
+                self._undo_item_move(node, src_parent, single)
                 raise
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
         elif kind == 'file' and dst_parent.kind == 'item' and dst_parent.id == src_parent.id:
@@ -369,10 +369,13 @@ class Namespace:
         for n in (src_parent, dst_parent, node):
             self.invalidate(n.kind, n.id)
 
-    def _undo_item_move(self, node: Node, src_parent: Node) -> None:
+    def _undo_item_move(self, node: Node, src_parent: Node, single: dict | None) -> None:
         try:
             self.client.request('PUT', f'item/{node.id}', kind='change', params={
                 'folderId': src_parent.id, 'name': node.doc.get('name', node.name)})
+            if single is not None:  # its rename may have happened even if its reply was lost
+                self.client.request('PUT', f'file/{single["_id"]}', kind='change',
+                                    params={'name': single.get('name')})
         except GirderFSError as exc:
             log.error('rename of item %s failed half way and could not be undone: %s',
                       node.id, exc.reason)

@@ -10,6 +10,8 @@ import os
 import stat
 import threading
 import time
+import types
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -27,6 +29,8 @@ F = TypeVar('F', bound=Callable[..., Any])
 STATUS_PATH = '/.girderfs-status'
 FUSE_HIDDEN = '.fuse_hidden'  # libfuse renames an unlinked open file to .fuse_hiddenXXXX
 XATTR_CREATE, XATTR_REPLACE = 1, 2
+UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
+ATIMES_MAX = 100_000
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 
 
@@ -115,6 +119,8 @@ class GirderOperations(mfusepy.Operations):
         self.max_read = max_read
         self.splice = splice
         self._late_close = LateClose()
+        self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
+        self._atimes_lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh = Counter()
@@ -139,6 +145,15 @@ class GirderOperations(mfusepy.Operations):
     # --- metadata -------------------------------------------------------------------------
     @fuse_op
     def getattr(self, path: str | None, fh: Any = None) -> dict:
+        attr = self._getattr(path, fh)
+        if self._atimes:
+            with self._atimes_lock:
+                atime = self._atimes.get(attr.get('st_ino'))
+            if atime is not None:
+                attr = dict(attr, st_atime=atime)
+        return attr
+
+    def _getattr(self, path: str | None, fh: Any = None) -> dict:
         if path is None:
             # fstat of an open file that was unlinked (hard_remove): only its handle knows it.
             handle = self._handle(fh.fh) if fh is not None else None
@@ -429,6 +444,21 @@ class GirderOperations(mfusepy.Operations):
         return 0
 
     @mutating
+    def mknod(self, path: str, mode: int, dev: int) -> int:
+        """A regular file is created empty, as by open(O_CREAT|O_EXCL); Girder holds no
+        device nodes, FIFOs or sockets."""
+        if not stat.S_ISREG(mode):
+            raise GirderFSError(errno.EPERM, 'Girder has no device nodes, FIFOs or sockets')
+        parent_path, name = split(path)
+        if self.writer.get(path) is not None or \
+                name in self.ns.children(self.ns.resolve(parent_path)):
+            raise GirderFSError(errno.EEXIST, 'file exists')
+        fi = types.SimpleNamespace(flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL, fh=0,
+                                   keep_cache=0, direct_io=0)
+        self.create(path, mode, fi)
+        return self.release(path, fi)
+
+    @mutating
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
         handle = self._handle(fi.fh)
         if handle.dirty is None:
@@ -575,7 +605,19 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def utimens(self, path: str, times: tuple[int, int] | None = None) -> int:
-        mtime = times[1] if times else time.time_ns()
+        now = time.time_ns()
+        atime, mtime = times if times else (now, now)
+        # libfuse passes "now" and "leave alone" (touch -a, -m) as these nanosecond values.
+        atime, mtime = (now if t == UTIME_NOW else t for t in (atime, mtime))
+        if atime != UTIME_OMIT:  # Girder has no access time: the mount remembers it
+            ino = self._getattr(path).get('st_ino')
+            with self._atimes_lock:
+                self._atimes[ino] = atime
+                self._atimes.move_to_end(ino)
+                if len(self._atimes) > ATIMES_MAX:
+                    self._atimes.popitem(last=False)
+        if mtime == UTIME_OMIT:
+            return 0
         d = self.writer.get(path)
         if d is not None:
             with d.lock:

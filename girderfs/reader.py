@@ -13,6 +13,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -129,6 +130,7 @@ class Reader:
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
         self._advise = ThreadPoolExecutor(2, thread_name_prefix='girderfs-advise')
+        self._buffers = threading.local()
 
     # --- public ---------------------------------------------------------------------------
     def read(self, f: RemoteFile, offset: int, size: int, stream: Stream | None = None) -> bytes:
@@ -168,9 +170,12 @@ class Reader:
                         raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not '
                                                        f'received in {self.wait_timeout:.0f} s'
                                             ) from None
-                parts.append(value[lo:hi] if (lo or hi != len(value)) else value)
+                if isinstance(value, Written):
+                    parts.append(FdPart(os.dup(value.fd), lo, hi - lo))
+                else:
+                    parts.append(value[lo:hi] if (lo or hi != len(value)) else value)
         except BaseException:
-            close_parts(got.values())
+            close_parts([*got.values(), *parts])
             raise
         return parts
 
@@ -367,10 +372,10 @@ class Reader:
             while len(self._mem) > self._mem_max:
                 self._mem.popitem(last=False)
 
-    def _settle(self, f: RemoteFile, idx: int, fut: Future, data: bytes | None,
+    def _settle(self, f: RemoteFile, idx: int, fut: Future, data: bytes | Written | None,
                 error: BaseException | None = None) -> None:
         key = (f.ckey, idx)
-        if data is not None:
+        if isinstance(data, bytes):
             self._remember(key, data)
         with self._lock:
             if self._inflight.get(key) is fut:
@@ -432,27 +437,74 @@ class Reader:
         start = pending[0] * self.bs
         stop = min(f.size, (pending[-1] + 1) * self.bs)
         resp = self.client.download_range(f.file_id, start, stop)
+        complete = False
         try:
             _check_range(resp, f, start, stop)
-            raw = resp.raw
+            buf = self._buffer()
             while pending:
                 idx = pending[0]
                 want = self._block_len(f, idx)
-                data = _read_exact(raw, want)
-                if len(data) != want:
+                view = memoryview(buf)[:want]
+                got = _read_into(resp, view)
+                if got != want:
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short at block '
-                                                   f'{idx} ({len(data)} of {want} bytes)')
+                                                   f'{idx} ({got} of {want} bytes)')
                 self.client.stats.add_bytes(want)
                 pending.pop(0)
-                self._settle(f, idx, futures[idx], data)
-                self.store.put_async(f.ckey, idx, data, want)
+                # The block goes to its cache file at once and readers get that file: the
+                # kernel serves it from its page cache, and the buffer is reused.
+                fd = self.store.write_block(f.ckey, idx, view)
+                if fd is not None:
+                    self._settle(f, idx, futures[idx], Written(fd))
+                else:
+                    self._settle(f, idx, futures[idx], bytes(view))
+            complete = True
         except GirderFSError:
             raise
         except Exception as exc:  # socket and urllib3 protocol errors on a broken body
             raise GirderFSError(errno.EIO,
                                 f'file {f.file_id}: {type(exc).__name__}: {exc}') from None
         finally:
-            resp.close()
+            self.client.finish(resp, complete)
+
+    def _buffer(self) -> bytearray:
+        """This fetch thread's block buffer (reused: fresh memory costs a page fault a page)."""
+        buf = getattr(self._buffers, 'buf', None)
+        if buf is None:
+            buf = self._buffers.buf = bytearray(self.bs)
+        return buf
+
+
+class Written:
+    """A just-downloaded block's cache file, open; closed once nothing refers to it."""
+
+    __slots__ = ('fd', '__weakref__')
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+
+def _read_into(resp, view: memoryview) -> int:
+    """Fill ``view`` from a streamed response body; the count read (short only at its end).
+
+    http.client's readinto receives straight into the buffer; urllib3's read() would copy
+    twice more through new objects.
+    """
+    fp = getattr(resp.raw, '_fp', None)
+    readinto = getattr(fp, 'readinto', None)
+    got = 0
+    while got < len(view):
+        if readinto is not None:
+            n = readinto(view[got:])
+        else:
+            chunk = resp.raw.read(len(view) - got)
+            n = len(chunk)
+            view[got:got + n] = chunk
+        if not n:
+            break
+        got += n
+    return got
 
 
 def _check_range(resp, f: RemoteFile, start: int, stop: int) -> None:

@@ -96,3 +96,26 @@ def test_hits_reach_the_lru_order(stores, tmp_path):
     finally:
         con.close()
     assert rows[-1][0] == a._key('k', 0)
+
+
+def test_written_block_is_indexed_for_other_stores_and_outlives_eviction(stores):
+    a, b = stores
+    fd = a.write_block('k', 5, memoryview(b'w' * BS))
+    assert fd is not None
+    try:
+        assert read_block(a, 5) == b'w' * BS  # at once, before its index row exists
+        assert a.flush(30)
+        assert read_block(b, 5) == b'w' * BS  # the row reached SQLite
+        b.discard('k', 5)  # evicted while the reader still holds the file
+        assert read_block(a, 5) is None
+        assert read_fd(fd, 0, BS) == b'w' * BS
+    finally:
+        os.close(fd)
+
+
+def test_cache_volume_counts_written_blocks(stores):
+    a, _ = stores
+    for i in range(3):
+        os.close(a.write_block('k', i, b'v' * BS))
+    assert a.flush(30)
+    assert a.volume() >= 3 * BS

@@ -6,6 +6,7 @@ mounts may share one cache directory and blocks survive a remount.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
@@ -13,6 +14,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from typing import NamedTuple
 
 import diskcache
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at most)
 TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
+ROWS_BATCH = 8  # index rows of written blocks are added this many at a time (or every 2 s)
 
 
 class _BlockDisk(diskcache.Disk):
@@ -33,6 +36,23 @@ class _BlockDisk(diskcache.Disk):
         if isinstance(iterator, io.BytesIO):
             iterator = [iterator.getvalue()]  # shares the bytes, no copy
         return super()._write(full_path, iterator, mode, encoding)
+
+    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
+        # One level of 256 directories, not diskcache's 65,536: it makes and removes a
+        # directory per new file otherwise (mkdir was 6% of a cold read's CPU).
+        name = os.urandom(16).hex()
+        filename = os.path.join(name[:2], name[2:] + '.val')
+        return filename, os.path.join(self._directory, filename)
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        if isinstance(value, _Adopted):  # a file BlockStore.write_block already wrote
+            return value.size, diskcache.core.MODE_BINARY, value.filename, None
+        return super().store(value, read, key=key)
+
+
+class _Adopted(NamedTuple):
+    filename: str  # relative to the cache directory, as diskcache names it
+    size: int
 
 
 def read_fd(fd: int, pos: int, size: int) -> bytes | None:
@@ -80,6 +100,7 @@ class BlockStore:
         # Writes go through one background thread so downloads never wait on SQLite; the queue
         # is bounded so memory is too, and queued blocks stay readable until written.
         self._queue: queue.Queue = queue.Queue(maxsize=max(4, (32 << 20) // block_size))
+        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, _Adopted) for the writer
         self._pending: dict[str, bytes] = {}
         self._pending_lock = threading.Lock()
         self._writer = threading.Thread(target=self._write_loop, name='girderfs-cache-writer',
@@ -193,6 +214,27 @@ class BlockStore:
             self._where.pop(key, None)
             self._touched.pop(key, None)
 
+    def _add_rows(self) -> None:
+        """Index the files write_block wrote (one transaction for all that are waiting)."""
+        rows = []
+        while True:
+            try:
+                rows.append(self._rows.get_nowait())
+            except queue.Empty:
+                break
+        if not rows:
+            return
+        try:
+            with self._sql, self._cache.transact():
+                for key, adopted in rows:
+                    self._cache.set(key, adopted)
+        except Exception as exc:
+            log.warning('block cache index update failed: %s', exc)
+            for key, adopted in rows:
+                self._forget(key)
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(self._directory, adopted.filename))
+
     def _flush_touches(self) -> None:
         """Record batched cache hits in diskcache's LRU order (its access_time column)."""
         with self._where_lock:
@@ -206,6 +248,38 @@ class BlockStore:
                                      (when, key))
         except Exception as exc:
             log.debug('could not record cache hits: %s', exc)
+
+    def write_block(self, ckey: str, index: int, data: memoryview | bytes) -> int | None:
+        """Store a block by writing its file now; its index row is added in the background.
+
+        Returns the file open for reading (the caller closes it), so the block can be served
+        even if the cache evicts it meanwhile; None if it could not be written (then nothing
+        is stored).
+        """
+        key = self._key(ckey, index)
+        filename, path = self._cache.disk.filename(key)
+        try:
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            log.warning('block cache write failed: %s', exc)
+            return None
+        try:
+            done = 0
+            while done < len(data):
+                done += os.write(fd, data[done:])
+        except OSError as exc:
+            log.warning('block cache write failed: %s', exc)
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return None
+        with self._where_lock:
+            self._where[key] = (path, len(data))
+        self._rows.put((key, _Adopted(filename, len(data))))
+        if self._rows.qsize() >= ROWS_BATCH:
+            self._nudge()
+        return fd
 
     def put(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
         """Store a block; a block of the wrong length is never stored."""
@@ -239,25 +313,39 @@ class BlockStore:
             try:
                 job = self._queue.get(timeout=TOUCH_INTERVAL)
             except queue.Empty:
+                self._add_rows()
                 self._flush_touches()
                 continue
-            if job is None:
-                self._flush_touches()
-                return
-            key, data = job
             try:
-                with self._sql:
-                    self._cache.set(key, data)
-            except Exception as exc:
-                log.warning('block cache write failed: %s', exc)
+                self._add_rows()
+                if job is None:
+                    self._flush_touches()
+                    return
+                key, data = job
+                if data is None:  # a nudge: rows to add, or a flush
+                    continue
+                try:
+                    with self._sql:
+                        self._cache.set(key, data)
+                except Exception as exc:
+                    log.warning('block cache write failed: %s', exc)
+                finally:
+                    with self._pending_lock:
+                        if self._pending.get(key) is data:
+                            del self._pending[key]
             finally:
-                with self._pending_lock:
-                    if self._pending.get(key) is data:
-                        del self._pending[key]
                 self._queue.task_done()
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(queue.Full):
+            self._queue.put_nowait((None, None))
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until queued blocks are written; False if that took longer than ``timeout``."""
+        try:
+            self._queue.put((None, None), timeout=timeout)
+        except queue.Full:
+            return False
         done = threading.Event()
         threading.Thread(target=lambda: (self._queue.join(), done.set()), daemon=True).start()
         return done.wait(timeout)
