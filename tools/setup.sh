@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Install what girderfs, its tests and its demo need: Debian's fuse3 + attr, and a venv (.venv)
-# with girderfs (editable), the dev tools and the Girder 5 test server. Safe to run again.
+# Install what girderfs, its tests and its demo need: Debian's fuse3 + attr, the POSIX test tools,
+# and a venv (.venv) with girderfs (editable), the dev tools and the Girder 5 test server.
+# Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,11 @@ command -v getfattr >/dev/null || need_apt+=(attr)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+# The POSIX pass (tests/test_posix.py) runs these against a mount.
+command -v stress-ng >/dev/null || need_apt+=(stress-ng)
+command -v fs_mark >/dev/null || need_apt+=(fsmark)
+command -v dbench >/dev/null || need_apt+=(dbench)
+command -v fio >/dev/null || need_apt+=(fio)
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
   export DEBIAN_FRONTEND=noninteractive
