@@ -263,7 +263,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
                     version=version)
     if args.foreground:
         log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who, mountpoint)
-        return run_mount(settings, ready=None)
+        return run_mount(settings, Ready(None))
     return daemonize(settings, version, who)
 
 
@@ -283,11 +283,12 @@ def daemonize(settings: dict, version: str, who: str) -> int:
         log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who,
                  settings['mountpoint'])
         status = 1
+        ready = Ready(wfd)
         try:
-            status = run_mount(settings, ready=wfd)
+            status = run_mount(settings, ready)
         except BaseException as exc:  # report to the waiting parent, then exit
             log.error('mount failed: %s', exc)
-            _tell(wfd, f'mount failed: {exc}')
+            ready.tell(f'mount failed: {exc}')
         os._exit(status)
     os.close(wfd)
     with os.fdopen(rfd, 'r') as pipe:
@@ -304,17 +305,27 @@ def daemonize(settings: dict, version: str, who: str) -> int:
     raise CliError(message.strip() or 'the mount process exited before the mount was ready')
 
 
-def _tell(fd: int | None, message: str) -> None:
-    if fd is None:
-        return
-    try:
-        os.write(fd, message.encode())
-        os.close(fd)
-    except OSError:
-        pass
+class Ready:
+    """Tells the waiting parent, once, that the mount is ready or why it is not."""
+
+    def __init__(self, fd: int | None) -> None:
+        self._fd = fd
+        self._lock = threading.Lock()
+
+    def tell(self, message: str) -> None:
+        # Once only: a second write could hit a reused descriptor number.
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, message.encode())
+            os.close(fd)
+        except OSError:
+            pass
 
 
-def run_mount(settings: dict, ready: int | None) -> int:
+def run_mount(settings: dict, ready: Ready) -> int:
     """Build the layers and run the FUSE loop until unmounted."""
     from .cache import BlockStore
     from .client import GirderClient
@@ -390,8 +401,14 @@ def run_mount(settings: dict, ready: int | None) -> int:
         threading.Thread(target=after_ready, daemon=True).start()
 
     def after_ready():
+        try:
+            os.stat(settings['mountpoint'])  # answered by the loop, unless it failed after init
+        except OSError as exc:
+            log.error('the mount does not answer: %s', exc)
+            ready.tell(f'FUSE could not mount {settings["mountpoint"]}: {exc}')
+            return
         set_read_ahead(settings['mountpoint'], (args.read_ahead or max_read) // 1024)
-        _tell(ready, 'ready')
+        ready.tell('ready')
 
     ops.init_with_config = init_and_tell
     try:
@@ -399,7 +416,7 @@ def run_mount(settings: dict, ready: int | None) -> int:
                      **options)
     except RuntimeError as exc:
         log.error('FUSE failed: %s', exc)
-        _tell(ready, f'FUSE could not mount {settings["mountpoint"]} (see the log)')
+        ready.tell(f'FUSE could not mount {settings["mountpoint"]} (see the log)')
         return 1
     finally:
         store.close()

@@ -10,7 +10,6 @@ import os
 import stat
 import threading
 import time
-import types
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -304,7 +303,12 @@ class GirderOperations(mfusepy.Operations):
         with self._handles_lock:
             handle = self._handles.pop(fi.fh, None)
         if handle is not None and handle.dirty is not None:
-            self.writer.release(handle.dirty)
+            try:
+                if handle.writable and handle.dirty.modified:
+                    # Closed without a flush: libfuse's mknod(S_IFREG) is create + release.
+                    self.writer.flush(handle.dirty)
+            finally:
+                self.writer.release(handle.dirty)
         return 0
 
     def _handle(self, fh: int) -> Handle:
@@ -445,18 +449,9 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def mknod(self, path: str, mode: int, dev: int) -> int:
-        """A regular file is created empty, as by open(O_CREAT|O_EXCL); Girder holds no
-        device nodes, FIFOs or sockets."""
-        if not stat.S_ISREG(mode):
-            raise GirderFSError(errno.EPERM, 'Girder has no device nodes, FIFOs or sockets')
-        parent_path, name = split(path)
-        if self.writer.get(path) is not None or \
-                name in self.ns.children(self.ns.resolve(parent_path)):
-            raise GirderFSError(errno.EEXIST, 'file exists')
-        fi = types.SimpleNamespace(flags=os.O_WRONLY | os.O_CREAT | os.O_EXCL, fh=0,
-                                   keep_cache=0, direct_io=0)
-        self.create(path, mode, fi)
-        return self.release(path, fi)
+        """Device nodes, FIFOs and sockets: Girder has none. (libfuse makes a regular file by
+        create + release, without this call.)"""
+        raise GirderFSError(errno.EPERM, 'Girder has no device nodes, FIFOs or sockets')
 
     @mutating
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:

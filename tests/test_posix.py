@@ -153,3 +153,13 @@ def test_unsupported_calls_get_their_errno(girder, posix):
     assert info.value.errno == errno.ENOTSUP
     _, items = folder_children(girder, folder['_id'])
     assert [i['name'] for i in items] == ['f.txt']
+
+
+def test_mknod_regular_file_reaches_the_server(girder, posix):
+    """libfuse makes it by create + release, with no flush: the empty file must still upload."""
+    where, folder = workdir(girder, posix, 'mknod')
+    os.mknod(where / 'empty.txt', 0o644 | 0o100000)
+    assert os.stat(where / 'empty.txt').st_size == 0
+    _, items = folder_children(girder, folder['_id'])
+    assert [(i['name'], i['size']) for i in items] == [('empty.txt', 0)]
+    assert posix[0].status()['pending_uploads'] == []
