@@ -191,37 +191,42 @@ class Reader:
         with self._lock:
             if key in self._mem or key in self._inflight:
                 return None
-        base = idx * self.bs
-        got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
-        if isinstance(got, int):
-            fd = got
-            try:
-                got = read_fd(fd, offset - base, end - offset)
-            finally:
-                os.close(fd)
-            if got is not None:
-                self._count_small('disk')
-                return got
-        elif got is not None:
+        data = self._stored_range(f, idx, idx * self.bs, self._block_len(f, idx), offset, end)
+        if data is not None:
             self._count_small('disk')
-            return got[offset - base:end - base]
+            return data
         first, last = offset // PIECE, (end - 1) // PIECE
-        pieces: dict[int, bytes] = {}
+        parts: dict[int, bytes] = {}  # per piece, the bytes of it this read wants
         missing = []
         for p in range(first, last + 1):
+            lo, hi = max(offset, p * PIECE), min(end, (p + 1) * PIECE)
             with self._lock:
                 data = self._mem.get((f.ckey, f'p{p}'))
-            if data is None:
-                data = self.store.get(f.ckey, f'p{p}', self._piece_len(f, p))
+            if data is not None:
+                parts[p] = data[lo - p * PIECE:hi - p * PIECE]
+                continue
+            data = self._stored_range(f, f'p{p}', p * PIECE, self._piece_len(f, p), lo, hi)
             if data is None:
                 missing.append(p)
             else:
-                pieces[p] = data
+                parts[p] = data
         if missing:
-            pieces.update(self._fetch_pieces(f, missing[0], missing[-1]))
+            for p, data in self._fetch_pieces(f, missing[0], missing[-1]).items():
+                lo, hi = max(offset, p * PIECE), min(end, (p + 1) * PIECE)
+                parts[p] = data[lo - p * PIECE:hi - p * PIECE]
         self._count_small('network' if missing else 'disk')
-        data = b''.join(pieces[p] for p in range(first, last + 1))
-        return data[offset - first * PIECE:end - first * PIECE]
+        return b''.join(parts[p] for p in range(first, last + 1))
+
+    def _stored_range(self, f: RemoteFile, index: int | str, base: int, length: int, lo: int,
+                      hi: int) -> bytes | None:
+        """Bytes [lo, hi) of the file from a stored block or piece starting at ``base``."""
+        got = self.store.open_block(f.ckey, index, length)
+        if isinstance(got, int):
+            try:
+                return read_fd(got, lo - base, hi - lo)
+            finally:
+                os.close(got)
+        return None if got is None else got[lo - base:hi - base]
 
     def _piece_len(self, f: RemoteFile, p: int) -> int:
         return min(PIECE, f.size - p * PIECE)
@@ -258,7 +263,9 @@ class Reader:
             piece = body[(p - first) * PIECE:(p - first) * PIECE + self._piece_len(f, p)]
             out[p] = piece
             self._remember((f.ckey, f'p{p}'), piece)
-            self.store.put_async(f.ckey, f'p{p}', piece, self._piece_len(f, p))
+            fd = self.store.write_block(f.ckey, f'p{p}', piece)  # the store keeps it open
+            if fd is not None:
+                os.close(fd)
         return out
 
     def _count_small(self, source: str) -> None:

@@ -11,6 +11,7 @@ import io
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at most)
 TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
 ROWS_BATCH = 8  # index rows of written blocks are added this many at a time (or every 2 s)
+FD_CACHE = 256  # block files kept open (see _keep_fd)
 
 
 class _BlockDisk(diskcache.Disk):
@@ -97,12 +99,12 @@ class BlockStore:
         self._where_lock = threading.Lock()
         # Hits found through _where update the LRU order in batches, from the writer thread.
         self._touched: dict[str, float] = {}
-        # Writes go through one background thread so downloads never wait on SQLite; the queue
-        # is bounded so memory is too, and queued blocks stay readable until written.
-        self._queue: queue.Queue = queue.Queue(maxsize=max(4, (32 << 20) // block_size))
-        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, _Adopted) for the writer
-        self._pending: dict[str, bytes] = {}
-        self._pending_lock = threading.Lock()
+        self._fds: OrderedDict[str, int] = OrderedDict()  # key -> open file (under _where_lock)
+        self._lookup_con: sqlite3.Connection | None = None
+        # Block files are written by the threads that download them; their SQLite rows are
+        # added by one background thread, so downloads never wait on SQLite. _queue wakes it.
+        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, _Adopted)
+        self._queue: queue.Queue = queue.Queue(maxsize=64)
         self._writer = threading.Thread(target=self._write_loop, name='girderfs-cache-writer',
                                         daemon=True)
         self._writer.start()
@@ -134,6 +136,13 @@ class BlockStore:
             where = self._locate(key)
             if where is None:
                 break
+            fd = self._cached_fd(key)
+            if fd is not None:
+                if isinstance(where, tuple) and where[1] == expected_len:
+                    with self._where_lock:
+                        self._touched[key] = time.time()
+                    return fd
+                os.close(fd)
             if isinstance(where, bytes):
                 return where if len(where) == expected_len else None
             path, size = where
@@ -148,12 +157,11 @@ class BlockStore:
             except OSError as exc:
                 log.warning('block cache file unreadable (%s); fetching from the server', exc)
                 return None
+            self._keep_fd(key, fd)
             with self._where_lock:
                 self._touched[key] = time.time()
             return fd
-        with self._pending_lock:
-            data = self._pending.get(key)
-        return data if data is not None and len(data) == expected_len else None
+        return None
 
     def advise(self, ckey: str, index: int) -> bool:
         """Ask the kernel to start reading a stored block into its page cache; False if absent.
@@ -191,7 +199,7 @@ class BlockStore:
             return where
         try:
             with self._sql:
-                row = self._cache._sql(  # diskcache's schema; a plain read, no LRU write
+                row = self._lookups().execute(  # diskcache's schema; a read, no LRU write
                     'SELECT filename, value, size FROM Cache WHERE key = ? AND raw = 1',
                     (key,)).fetchone()
         except Exception as exc:  # a damaged cache must never fail a read
@@ -209,10 +217,56 @@ class BlockStore:
                 self._where.popitem(last=False)
         return where
 
+    def _lookups(self) -> sqlite3.Connection:
+        """One connection for all lookups (used under _sql).
+
+        diskcache gives each thread its own connection, each with a cold page cache: with
+        FUSE's many threads, a lookup after the OS page cache was dropped read 3-4 pages from
+        disk (random 4 KiB reads through the mount took 0.9 ms instead of 0.3 ms).
+        """
+        if self._lookup_con is None:
+            self._lookup_con = sqlite3.connect(
+                os.path.join(self._directory, diskcache.core.DBNAME), timeout=30,
+                check_same_thread=False, isolation_level=None)
+            self._lookup_con.execute('PRAGMA cache_size = -16384')  # KiB
+        return self._lookup_con
+
     def _forget(self, key: str) -> None:
         with self._where_lock:
             self._where.pop(key, None)
             self._touched.pop(key, None)
+            fd = self._fds.pop(key, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _keep_fd(self, key: str, fd: int) -> None:
+        """Keep a block's file open (a duplicate of ``fd``), the last FD_CACHE of them.
+
+        An open file keeps its inode in memory: reading a block again after the page cache was
+        dropped then costs one disk read, not a directory and inode lookup on disk as well
+        (about 1.7 ms each here). A kept file evicted from the cache still holds that block's
+        bytes (content-keyed) until it leaves this list.
+        """
+        dup = os.dup(fd)
+        closing = []
+        with self._where_lock:
+            old = self._fds.pop(key, None)
+            if old is not None:
+                closing.append(old)
+            self._fds[key] = dup
+            while len(self._fds) > FD_CACHE:
+                closing.append(self._fds.popitem(last=False)[1])
+        for old in closing:
+            os.close(old)
+
+    def _cached_fd(self, key: str) -> int | None:
+        """A new descriptor of a kept block file, or None."""
+        with self._where_lock:  # held while duplicating, so it is not closed meanwhile
+            fd = self._fds.get(key)
+            if fd is None:
+                return None
+            self._fds.move_to_end(key)
+            return os.dup(fd)
 
     def _add_rows(self) -> None:
         """Index the files write_block wrote (one transaction for all that are waiting)."""
@@ -249,7 +303,7 @@ class BlockStore:
         except Exception as exc:
             log.debug('could not record cache hits: %s', exc)
 
-    def write_block(self, ckey: str, index: int, data: memoryview | bytes) -> int | None:
+    def write_block(self, ckey: str, index: int | str, data: memoryview | bytes) -> int | None:
         """Store a block by writing its file now; its index row is added in the background.
 
         Returns the file open for reading (the caller closes it), so the block can be served
@@ -276,37 +330,11 @@ class BlockStore:
             return None
         with self._where_lock:
             self._where[key] = (path, len(data))
+        self._keep_fd(key, fd)
         self._rows.put((key, _Adopted(filename, len(data))))
         if self._rows.qsize() >= ROWS_BATCH:
             self._nudge()
         return fd
-
-    def put(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
-        """Store a block; a block of the wrong length is never stored."""
-        if len(data) != expected_len:
-            log.error('refusing to cache block %d of %s: %d bytes, expected %d',
-                      index, ckey[:24], len(data), expected_len)
-            return
-        try:
-            with self._sql:
-                self._cache.set(self._key(ckey, index), data)
-        except Exception as exc:
-            log.warning('block cache write failed: %s', exc)
-
-    def put_async(self, ckey: str, index: int | str, data: bytes, expected_len: int) -> None:
-        """Queue a block for storing; waits (bounded) when the writer is behind."""
-        if len(data) != expected_len:
-            self.put(ckey, index, data, expected_len)  # logs and refuses
-            return
-        key = self._key(ckey, index)
-        with self._pending_lock:
-            self._pending[key] = data
-        try:
-            self._queue.put((key, data), timeout=30)
-        except queue.Full:
-            log.warning('block cache writer is behind; not caching block %d', index)
-            with self._pending_lock:
-                self._pending.pop(key, None)
 
     def _write_loop(self) -> None:
         while True:
@@ -321,29 +349,17 @@ class BlockStore:
                 if job is None:
                     self._flush_touches()
                     return
-                key, data = job
-                if data is None:  # a nudge: rows to add, or a flush
-                    continue
-                try:
-                    with self._sql:
-                        self._cache.set(key, data)
-                except Exception as exc:
-                    log.warning('block cache write failed: %s', exc)
-                finally:
-                    with self._pending_lock:
-                        if self._pending.get(key) is data:
-                            del self._pending[key]
             finally:
                 self._queue.task_done()
 
     def _nudge(self) -> None:
         with contextlib.suppress(queue.Full):
-            self._queue.put_nowait((None, None))
+            self._queue.put_nowait(())
 
     def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until queued blocks are written; False if that took longer than ``timeout``."""
+        """Wait until written blocks are indexed; False if that took longer than ``timeout``."""
         try:
-            self._queue.put((None, None), timeout=timeout)
+            self._queue.put((), timeout=timeout)
         except queue.Full:
             return False
         done = threading.Event()
@@ -351,11 +367,7 @@ class BlockStore:
         return done.wait(timeout)
 
     def contains(self, ckey: str, index: int) -> bool:
-        key = self._key(ckey, index)
-        with self._pending_lock:
-            if key in self._pending:
-                return True
-        return self._locate(key) is not None
+        return self._locate(self._key(ckey, index)) is not None
 
     def discard(self, ckey: str, index: int | str) -> None:
         self._forget(self._key(ckey, index))
@@ -373,3 +385,11 @@ class BlockStore:
         self._queue.put(None)
         self._writer.join(timeout=10)
         self._cache.close()
+        with self._sql:
+            if self._lookup_con is not None:
+                self._lookup_con.close()
+                self._lookup_con = None
+        with self._where_lock:
+            fds, self._fds = list(self._fds.values()), OrderedDict()
+        for fd in fds:
+            os.close(fd)
