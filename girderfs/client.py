@@ -132,6 +132,10 @@ class GirderClient:
 
     def request(self, method: str, path: str, kind: str = 'api', **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON (None for an empty body)."""
+        return self._json(self._answer(method, path, kind, **kwargs), method, path)
+
+    def _answer(self, method: str, path: str, kind: str, **kwargs: Any) -> requests.Response:
+        """The server's answer to one API request (an HTTP error raised as GirderFSError)."""
         attempt = 0
         while True:
             try:
@@ -149,6 +153,10 @@ class GirderClient:
                 log.warning('%s; retrying', exc.reason)
                 self.sleep_backoff(attempt)
         check(resp, method, path)
+        return resp
+
+    @staticmethod
+    def _json(resp: requests.Response, method: str, path: str) -> Any:
         if not resp.content:
             return None
         try:
@@ -166,14 +174,21 @@ class GirderClient:
         offset = 0
         params.setdefault('sort', '_id')
         while True:
-            page = self.request('GET', path, kind=kind,
-                                params=dict(params, limit=page_size, offset=offset))
+            resp = self._answer('GET', path, kind, params=dict(params, limit=page_size,
+                                                               offset=offset))
+            page = self._json(resp, 'GET', path)
             if not isinstance(page, list):
                 raise GirderFSError(errno.EIO, f'GET {path}: expected a list from the server')
             yield from page
-            if len(page) < page_size:
-                return
             offset += len(page)
+            # Girder counts the matches (before its permission filter, so never fewer than
+            # there are): no request for an empty last page when the count says we are done.
+            try:
+                total = int(resp.headers.get('Girder-Total-Count', ''))
+            except ValueError:
+                total = None
+            if len(page) < page_size or (total is not None and offset >= total):
+                return
 
     def download_range(self, file_id: str, start: int, end: int) -> requests.Response:
         """Open a streaming ranged download of bytes [start, end) of a file; caller closes it."""

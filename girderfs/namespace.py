@@ -175,15 +175,19 @@ class Namespace:
     def resolve(self, path: str) -> Node:
         """The node at ``path`` (relative to the mount root); ENOENT/ENOTDIR if none."""
         node = self.root
+        used = []
         for part in path.split('/'):
             if not part:
                 continue
             if not node.is_dir:
                 raise GirderFSError(errno.ENOTDIR, f'{path}: not a directory')
             child = self.children(node).get(part)
+            used.append((node.kind, node.id))
             if child is None:
                 raise GirderFSError(errno.ENOENT, f'{path}: no such entry')
             node = child
+        if len(used) > 1:
+            self._listings.keep_with(used)
         return node
 
     def children(self, node: Node) -> dict[str, Node]:

@@ -26,6 +26,7 @@ class LockedTTLCache(Generic[V]):
         self.ttl = ttl
         self.slow_factor = slow_factor
         self._life = ttl  # lifetime of the value being inserted (read by _ttu under _lock)
+        self._expiry: dict[Hashable, float] = {}  # when each inserted key expires
         self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu)
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
@@ -33,7 +34,27 @@ class LockedTTLCache(Generic[V]):
         self._era = 0  # bumped when _drops is emptied, so old counts never match again
 
     def _ttu(self, key: Hashable, value: V, now: float) -> float:
-        return now + self._life
+        if len(self._expiry) > 2 * self._cache.maxsize:
+            self._expiry = {k: t for k, t in self._expiry.items() if k in self._cache}
+        self._expiry[key] = now + self._life
+        return self._expiry[key]
+
+    def keep_with(self, keys: list[Hashable]) -> None:
+        """Make the cached ``keys`` live as long as the longest-lived of them.
+
+        For the listings along a path: while a slow listing deep down is still cached, its
+        parents (fast to load, so short-lived) must not expire and be fetched again.
+        """
+        with self._lock:
+            present = [k for k in keys if k in self._cache]
+            if len(present) < 2:
+                return
+            until = max(self._expiry.get(k, 0.0) for k in present)
+            now = self._cache.timer()
+            for k in present:
+                if self._expiry.get(k, 0.0) < until - 1.0:
+                    self._life = until - now
+                    self._cache[k] = self._cache[k]
 
     def peek(self, key: Hashable) -> V | None:
         with self._lock:

@@ -37,7 +37,12 @@ def _patch_mongomock(fast_index: bool) -> None:
     mongomock.collection.Collection.with_options = with_options
 
     def count(self, with_limit_and_skip=False):
-        return len(list(self.clone()))
+        # Like pymongo 3 (Girder's shim): the whole match unless asked to apply limit/skip;
+        # Girder sends it as the Girder-Total-Count header of list endpoints.
+        cursor = self.clone()
+        if not with_limit_and_skip:
+            cursor._skip, cursor._limit = 0, None
+        return len(list(cursor))
 
     mongomock.collection.Cursor.count = count
 
