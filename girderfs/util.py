@@ -52,7 +52,7 @@ class LockedTTLCache(Generic[V]):
             until = max(self._expiry.get(k, 0.0) for k in present)
             now = self._cache.timer()
             for k in present:
-                if self._expiry.get(k, 0.0) < until - 1.0:
+                if self._expiry.get(k, 0.0) < until:
                     self._life = until - now
                     self._cache[k] = self._cache[k]
 
