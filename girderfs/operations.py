@@ -73,7 +73,7 @@ def mutating(func: F) -> F:
 class Handle:
     """An open file: a remote file and how it is being read, local changes, or a snapshot."""
 
-    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable')
+    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed')
 
     def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
                  dirty: Dirty | None = None, writable: bool = False) -> None:
@@ -82,6 +82,7 @@ class Handle:
         self.data = data
         self.dirty = dirty
         self.writable = writable  # opened for writing: its close() uploads local changes
+        self.flushed = False  # close() (FUSE flush) came: it uploaded or reported the failure
 
 
 def check_new_name(name: str) -> None:
@@ -304,7 +305,7 @@ class GirderOperations(mfusepy.Operations):
             handle = self._handles.pop(fi.fh, None)
         if handle is not None and handle.dirty is not None:
             try:
-                if handle.writable and handle.dirty.modified:
+                if handle.writable and not handle.flushed and handle.dirty.modified:
                     # Closed without a flush: libfuse's mknod(S_IFREG) is create + release.
                     self.writer.flush(handle.dirty)
             finally:
@@ -489,6 +490,7 @@ class GirderOperations(mfusepy.Operations):
         # Only a writer's close uploads: a reader's close must neither start an upload of a
         # file another process is still writing nor fail because an upload did.
         if handle.dirty is not None and handle.writable:
+            handle.flushed = True
             self.writer.flush(handle.dirty)
         return 0
 
