@@ -52,7 +52,9 @@ class LockedTTLCache(Generic[V]):
             until = max(self._expiry.get(k, 0.0) for k in present)
             now = self._cache.timer()
             for k in present:
-                if self._expiry.get(k, 0.0) < until:
+                # (A margin: re-inserting also leaves a dead entry in TLRUCache's heap, and
+                # float rounding must not make every call re-insert.)
+                if self._expiry.get(k, 0.0) < until - 0.01:
                     self._life = until - now
                     self._cache[k] = self._cache[k]
 
