@@ -19,7 +19,7 @@ from faultproxy import wait_for
 from writeutil import server_tree
 
 THREADS = 16
-SECONDS = float(os.environ.get('GIRDERFS_CONCURRENCY_SECONDS', '30'))
+SECONDS = float(os.environ.get('GIRDERFS_CONCURRENCY_SECONDS', '60'))  # issue 6: 60 s
 SLOTS = [f's{i}.bin' for i in range(10)]
 BOUND = 180.0
 
