@@ -601,6 +601,20 @@ class Bench:
         say(f'  mounting {system} ({name})')
         return cls(self, name, cache_size or self.args.cache_size).start()
 
+    def with_mount(self, system: str, name: str, case: str, body: Callable[[Mount], None],
+                   cache_size: int | None = None) -> None:
+        """Run ``body`` on a new mount of ``system``; a BenchError (a failed mount too) is
+        recorded under ``case`` instead of ending the run; the mount is always stopped."""
+        m = None
+        try:
+            m = self.new_mount(system, name, cache_size)
+            body(m)
+        except BenchError as exc:
+            self.store(case, system, {'error': str(exc)})
+        finally:
+            if m:
+                m.stop()
+
     def store(self, case: str, system: str, value: dict) -> None:
         self.results.setdefault(case, {})[system] = value
 
@@ -674,9 +688,7 @@ class Bench:
                                                      size))
         say(f'  local cat: {self.results["P2"]["cat-local"].get("MBps", "failed")} MB/s')
         for system in self.systems():
-            m = None
-            try:
-                m = self.new_mount(system, 'seq')
+            def on_mount(m: Mount, system: str = system) -> None:
                 path = m.file('data/' + big['name'])
 
                 def cold(m=m, path=path) -> dict:
@@ -701,11 +713,7 @@ class Bench:
 
                 self.guarded('P2', system, warm)
                 say(f'  {system} warm: {fmt_res(self.results["P2"][system], "MBps")} MB/s')
-            except BenchError as exc:
-                self.store('P1', system, {'error': str(exc)})
-            finally:
-                if m:
-                    m.stop()
+            self.with_mount(system, 'seq', 'P1', on_mount)
 
     def verify(self, path: str, sha: str, m: Mount) -> bool:
         """Re-read through the mount (untimed) and compare with the original's sha256."""
@@ -749,9 +757,7 @@ class Bench:
             f'again {fmt_res(self.results["P3warm"]["direct"], "mean_ms")} ms')
 
         for system in self.systems():
-            m = None
-            try:
-                m = self.new_mount(system, 'random')
+            def on_mount(m: Mount, system: str = system) -> None:
                 path = m.file('data/' + big['name'])
 
                 def preads(m=m, path=path, label='P3cold', system=system) -> dict:
@@ -785,20 +791,15 @@ class Bench:
                 self.guarded('P3warm', system, lambda m=m, path=path: preads(m, path, 'P3warm'))
                 say(f'  {system}: cold {fmt_res(self.results["P3cold"][system], "mean_ms")} ms,'
                     f' warm {fmt_res(self.results["P3warm"][system], "mean_ms")} ms')
-            except BenchError as exc:
-                self.store('P3cold', system, {'error': str(exc)})
-            finally:
-                if m:
-                    m.stop()
+            self.with_mount(system, 'random', 'P3cold', on_mount)
 
     def p4(self) -> None:
         n = self.args.items
         say(f'P4 ls -l and find over a folder of {n} items')
         for system in self.systems():
             for label, cmd in (('P4ls', ['ls', '-l']), ('P4find', ['find'])):
-                m = None
-                try:
-                    m = self.new_mount(system, label)
+                def on_mount(m: Mount, system: str = system, label: str = label,
+                             cmd: list[str] = cmd) -> None:
                     path = m.file('items')
 
                     def listing(m=m, path=path, cmd=cmd, label=label, system=system) -> dict:
@@ -824,11 +825,7 @@ class Bench:
                         # the same again at once (listings cached within the attribute timeout)
                         self.guarded('P4ls-again', system, lambda m=m, path=path, cmd=cmd: listing(
                             m, path, cmd, 'P4ls-again'))
-                except BenchError as exc:
-                    self.store(label, system, {'error': str(exc)})
-                finally:
-                    if m:
-                        m.stop()
+                self.with_mount(system, label, label, on_mount)
 
     def p5(self) -> None:
         files = self.files['par']
@@ -839,9 +836,7 @@ class Bench:
             [f['id'] for f in files], [f['size'] for f in files], self.args.timeout), total))
         say(f'  curl x{len(files)}: {fmt_res(self.results["P5"]["curl"], "MBps")} MB/s')
         for system in self.systems():
-            m = None
-            try:
-                m = self.new_mount(system, 'parallel')
+            def on_mount(m: Mount, system: str = system) -> None:
                 paths = [m.file('data/' + f['name']) for f in files]
 
                 def par(m=m, paths=paths) -> dict:
@@ -855,11 +850,7 @@ class Bench:
 
                 self.guarded('P5', system, par)
                 say(f'  {system}: {fmt_res(self.results["P5"][system], "MBps")} MB/s')
-            except BenchError as exc:
-                self.store('P5', system, {'error': str(exc)})
-            finally:
-                if m:
-                    m.stop()
+            self.with_mount(system, 'parallel', 'P5', on_mount)
 
     def p6(self) -> None:
         big = self.files['big']
@@ -867,9 +858,7 @@ class Bench:
         say(f'P6 bounded cache: read {big["size"] // MiB} MiB with --cache-size '
             f'{limit // MiB} MiB')
         for system in self.systems():
-            m = None
-            try:
-                m = self.new_mount(system, 'bounded', cache_size=limit)
+            def on_mount(m: Mount, system: str = system) -> None:
                 path = m.file('data/' + big['name'])
 
                 def bounded_cache(m=m, path=path) -> dict:
@@ -888,11 +877,7 @@ class Bench:
                 res = self.results['P6'][system]
                 say(f'  {system}: cache dir {fmt_bytes(res.get("cache_dir_bytes"))} for a limit '
                     f'of {fmt_bytes(limit)}')
-            except BenchError as exc:
-                self.store('P6', system, {'error': str(exc)})
-            finally:
-                if m:
-                    m.stop()
+            self.with_mount(system, 'bounded', 'P6', on_mount, cache_size=limit)
 
 
 def bench_writes(ctx: Bench) -> dict:
