@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at most)
 TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
-ROWS_BATCH = 8  # index rows of written blocks are added this many at a time (or every 2 s)
 FD_CACHE = 256  # block files kept open (see _keep_fd)
 
 
@@ -332,8 +331,9 @@ class BlockStore:
             self._where[key] = (path, len(data))
         self._keep_fd(key, fd)
         self._rows.put((key, _Adopted(filename, len(data))))
-        if self._rows.qsize() >= ROWS_BATCH:
-            self._nudge()
+        # Wake the writer now: until its row exists a block escapes --cache-size eviction.
+        # (It adds every row waiting by then in one transaction.)
+        self._nudge()
         return fd
 
     def _write_loop(self) -> None:
