@@ -238,12 +238,14 @@ class Reader:
             try:
                 self._check_current(f)
                 resp = self.client.download_range(f.file_id, start, stop)
+                body = bytearray(stop - start)
+                got = 0
                 try:
                     _check_range(resp, f, start, stop)
-                    body = _read_exact(resp.raw, stop - start)
+                    got = _read_into(resp, memoryview(body))
                 finally:
-                    resp.close()
-                if len(body) != stop - start:
+                    self.client.finish(resp, got == len(body))
+                if got != len(body):
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short')
                 break
             except GirderFSError as exc:
@@ -259,8 +261,9 @@ class Reader:
                 self.client.sleep_backoff(attempt)
         self.client.stats.add_bytes(len(body))
         out = {}
+        view = memoryview(body)
         for p in range(first, last + 1):
-            piece = body[(p - first) * PIECE:(p - first) * PIECE + self._piece_len(f, p)]
+            piece = bytes(view[(p - first) * PIECE:(p - first) * PIECE + self._piece_len(f, p)])
             out[p] = piece
             self._remember((f.ckey, f'p{p}'), piece)
             fd = self.store.write_block(f.ckey, f'p{p}', piece)  # the store keeps it open
@@ -531,18 +534,6 @@ def _check_range(resp, f: RemoteFile, start: int, stop: int) -> None:
     if length is not None and int(length) != stop - start:
         raise GirderFSError(errno.EIO, f'file {f.file_id}: Content-Length {length}, '
                                        f'expected {stop - start}')
-
-
-def _read_exact(raw, n: int) -> bytes:
-    chunks = []
-    got = 0
-    while got < n:
-        chunk = raw.read(n - got)
-        if not chunk:
-            break
-        chunks.append(chunk)
-        got += len(chunk)
-    return chunks[0] if len(chunks) == 1 else b''.join(chunks)
 
 
 def _runs(indices: list[int], max_len: int) -> list[list[int]]:

@@ -29,20 +29,10 @@ def store(s: BlockStore, index: int, data: bytes) -> None:
     assert s.flush(30)
 
 
-def read_block(store: BlockStore, index: int, size: int = BS) -> bytes | None:
-    got = store.open_block('k', index, size)
-    if isinstance(got, int):
-        try:
-            return read_fd(got, 0, size)
-        finally:
-            os.close(got)
-    return got
-
-
 def test_block_written_by_one_store_is_read_by_the_other(stores):
     a, b = stores
     store(a, 0, b'x' * BS)
-    assert read_block(b, 0) == b'x' * BS
+    assert b.get('k', 0, BS) == b'x' * BS
     assert b.contains('k', 0) and not b.contains('k', 1)
 
 
@@ -51,12 +41,12 @@ def test_block_dropped_by_the_other_store(stores, tmp_path):
     bytes); one that had not finds it gone."""
     a, b = stores
     store(a, 0, b'x' * BS)
-    assert read_block(b, 0) == b'x' * BS
+    assert b.get('k', 0, BS) == b'x' * BS
     a.discard('k', 0)
-    assert read_block(b, 0) in (b'x' * BS, None)
+    assert b.get('k', 0, BS) in (b'x' * BS, None)
     fresh = BlockStore(str(tmp_path / 'blocks'), 64 * BS, BS)
     try:
-        assert read_block(fresh, 0) is None
+        assert fresh.get('k', 0, BS) is None
     finally:
         fresh.close()
 
@@ -99,7 +89,7 @@ def test_hits_reach_the_lru_order(stores, tmp_path):
     for i in range(4):
         store(a, i, bytes([i]) * BS)
     time.sleep(0.05)
-    assert read_block(a, 0) == bytes([0]) * BS
+    assert a.get('k', 0, BS) == bytes([0]) * BS
     a._flush_touches()
     con = sqlite3.connect(tmp_path / 'blocks' / 'cache.db')
     try:
@@ -114,9 +104,9 @@ def test_written_block_is_indexed_for_other_stores_and_outlives_eviction(stores)
     fd = a.write_block('k', 5, memoryview(b'w' * BS))
     assert fd is not None
     try:
-        assert read_block(a, 5) == b'w' * BS  # at once, before its index row exists
+        assert a.get('k', 5, BS) == b'w' * BS  # at once, before its index row exists
         assert a.flush(30)
-        assert read_block(b, 5) == b'w' * BS  # the row reached SQLite
+        assert b.get('k', 5, BS) == b'w' * BS  # the row reached SQLite
         b.discard('k', 5)  # evicted while the reader still holds the file
         assert read_fd(fd, 0, BS) == b'w' * BS
         assert not os.path.exists(a._locate(a._key('k', 5))[0])
@@ -149,15 +139,10 @@ def test_kept_files_are_bounded_and_closed(tmp_path):
     for i in range(FD_CACHE + 50):
         os.close(s.write_block('k', i, bytes([i % 256]) * 1024))
     assert open_cache_files() == FD_CACHE
-    assert read_block_of(s, FD_CACHE + 49, 1024) == bytes([(FD_CACHE + 49) % 256]) * 1024
+    assert s.get('k', FD_CACHE + 49, 1024) == bytes([(FD_CACHE + 49) % 256]) * 1024
+    fd = s.open_block('k', FD_CACHE + 49, 1024)
+    assert isinstance(fd, int)  # served from a kept file
+    os.close(fd)
     s.close()
     assert open_cache_files() == 0
 
-
-def read_block_of(s: BlockStore, index: int, size: int) -> bytes | None:
-    got = s.open_block('k', index, size)
-    assert isinstance(got, int)
-    try:
-        return read_fd(got, 0, size)
-    finally:
-        os.close(got)
