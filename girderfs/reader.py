@@ -339,10 +339,12 @@ class Reader:
     def _prefetch_after(self, f: RemoteFile, offset: int, end: int, last: int,
                         stream: Stream) -> None:
         with stream.lock:
-            # Kernel read-ahead on several FUSE threads reorders reads a little: "near the last
-            # end" counts as sequential.
+            # Kernel read-ahead on several FUSE threads reorders reads: "near the last end"
+            # counts as sequential. cat (fadvise SEQUENTIAL: two ~1 MiB requests in flight)
+            # arrived 2 MiB behind and reset the window with a 1 MiB margin (warm 0.46 s/256 MiB;
+            # 0.33 s with this one).
             slack = max(stream.window, MiB)
-            near = stream.next_offset - MiB <= offset <= stream.next_offset + slack
+            near = stream.next_offset - max(slack, 4 * MiB) <= offset <= stream.next_offset + slack
             if (offset == 0 and stream.next_offset == 0) or (near and stream.next_offset > 0):
                 stream.window = min(self.max_window, max(self.first_window, stream.window * 2))
             else:
