@@ -369,6 +369,10 @@ class Reader:
                 stream.prefetched_to = max(stream.prefetched_to, fetch.stop)
         if len(fetch):
             self._claim(f, fetch, self._prefetch, prefetch=True)
+        # Blocks being downloaded are not on disk yet (and will be in the page cache when they
+        # are): advising them cost a lookup each and woke the advice threads for nothing.
+        with self._lock:
+            load = [idx for idx in load if (f.ckey, idx) not in self._inflight]
         for idx in load:  # advice reads file metadata: ms each when cold, so not here
             self._advise.submit(self.store.advise, f.ckey, idx)
 

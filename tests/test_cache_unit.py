@@ -122,6 +122,36 @@ def test_cache_volume_counts_written_blocks(stores):
     assert a.volume() >= 3 * BS
 
 
+def block_files(store: BlockStore) -> list[str]:
+    return [os.path.join(d, f) for d, _, fs in os.walk(store._directory)
+            for f in fs if f.endswith('.val')]
+
+
+def test_same_block_stored_by_both_stores_keeps_one_file(stores):
+    a, b = stores
+    os.close(a.write_block('k', 1, b'd' * BS))
+    os.close(b.write_block('k', 1, b'd' * BS))  # the same content, downloaded by both
+    assert a.flush(30) and b.flush(30)
+    assert len(block_files(a)) == 1
+    assert a.volume() < 2 * BS + 64 * 1024  # counted once (plus SQLite's pages)
+    for s in stores:
+        s._forget(s._key('k', 1))  # look it up in SQLite, not in memory
+        assert s.get('k', 1, BS) == b'd' * BS
+
+
+def test_batches_larger_than_the_bound_are_evicted(tmp_path):
+    s = BlockStore(str(tmp_path / 'b'), 8 * BS, BS)
+    try:
+        for i in range(40):
+            os.close(s.write_block('k', i, bytes([i]) * BS))
+        assert s.flush(30)
+        assert len(block_files(s)) <= 8
+        assert sum(os.path.getsize(f) for f in block_files(s)) <= 8 * BS
+        assert s.get('k', 39, BS) == bytes([39]) * BS  # the most recent stays
+    finally:
+        s.close()
+
+
 def test_kept_files_are_bounded_and_closed(tmp_path):
     s = BlockStore(str(tmp_path / 'b'), 4096 * 1024, 1024)
     cache_dir = str(tmp_path / 'b')
