@@ -409,6 +409,7 @@ def run_mount(settings: dict, ready: Ready) -> int:
             return
         set_read_ahead(settings['mountpoint'], (args.read_ahead or max_read) // 1024)
         ready.tell('ready')
+        store.sweep_orphans()
 
     ops.init_with_config = init_and_tell
     try:

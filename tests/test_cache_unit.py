@@ -176,3 +176,22 @@ def test_kept_files_are_bounded_and_closed(tmp_path):
     s.close()
     assert open_cache_files() == 0
 
+
+
+def test_sweep_removes_only_old_unindexed_files(stores):
+    a, _ = stores
+    store(a, 0, b'i' * BS)  # indexed
+    old_orphan = os.path.join(a._directory, '00', 'orphan-old.val')
+    new_orphan = os.path.join(a._directory, '00', 'orphan-new.val')
+    os.makedirs(os.path.dirname(old_orphan), exist_ok=True)
+    for path in (old_orphan, new_orphan):
+        with open(path, 'wb') as fh:
+            fh.write(b'o' * BS)
+    hour_ago = time.time() - 3600
+    os.utime(old_orphan, (hour_ago, hour_ago))
+    for path in block_files(a):
+        if 'orphan' not in path:
+            os.utime(path, (hour_ago, hour_ago))  # old, but named by a row
+    assert a.sweep_orphans(600) == 1
+    assert not os.path.exists(old_orphan) and os.path.exists(new_orphan)
+    assert a.get('k', 0, BS) == b'i' * BS

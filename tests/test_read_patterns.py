@@ -253,3 +253,26 @@ def test_cached_reads_hand_files_to_fuse_and_close_them(tree, mount, tmp_path):
     # FUSE thread holds at most the files of its last reply besides.
     blocks = -(-len(data) // BS)
     assert len(cache_fds(m)) <= blocks + 16, cache_fds(m)
+
+
+def test_mount_removes_block_files_a_crash_left_unindexed(tree, mount, tmp_path):
+    """A block file written but never indexed (the process died first) is removed when a
+    mount starts, once it is old; the cache's indexed blocks stay and still serve reads."""
+    cache = tmp_path / 'swept-cache'
+    first = mount('--block-size', '256K', cache_dir=cache)
+    data = tree['files']['big.bin']
+    assert sha(mnt_path(first, 'big.bin').read_bytes()) == sha(data)
+    first.unmount()
+    orphan = cache / 'blocks' / 'ff' / 'left-by-a-crash.val'
+    orphan.parent.mkdir(parents=True, exist_ok=True)
+    orphan.write_bytes(b'x' * 4096)
+    old = time.time() - 3600
+    os.utime(orphan, (old, old))
+    m = mount('--block-size', '256K', cache_dir=cache)
+    deadline = time.monotonic() + 30
+    while orphan.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not orphan.exists()
+    drop_page_cache()
+    assert sha(mnt_path(m, 'big.bin').read_bytes()) == sha(data)
+    assert m.status()['reads']['network'] == 0
