@@ -3,6 +3,7 @@ damaged files, batched LRU updates (issue 3)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -195,3 +196,25 @@ def test_sweep_removes_only_old_unindexed_files(stores):
     assert a.sweep_orphans(600) == 1
     assert not os.path.exists(old_orphan) and os.path.exists(new_orphan)
     assert a.get('k', 0, BS) == b'i' * BS
+
+
+def test_kept_files_of_blocks_evicted_elsewhere_are_closed(stores):
+    """A kept-open file would hold an evicted block's disk space beyond --cache-size."""
+    a, b = stores
+    store(a, 3, b'e' * BS)  # a keeps the block's file open
+    path = a._locate(a._key('k', 3))[0]
+
+    def held() -> int:
+        n = 0
+        for fd in os.listdir('/proc/self/fd'):
+            with contextlib.suppress(OSError):
+                n += os.readlink(f'/proc/self/fd/{fd}') == f'{path} (deleted)'
+        return n
+
+    b.discard('k', 3)  # evicted by the other mount: the file is unlinked
+    assert not os.path.exists(path) and held() == 1
+    deadline = time.monotonic() + 10
+    while held() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert held() == 0
+    assert a.get('k', 3, BS) is None
