@@ -254,16 +254,12 @@ class Reader:
                 if got != len(body):
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short')
                 break
-            except GirderFSError as exc:
+            except Exception as exc:  # also urllib3/socket errors on a broken body
+                err = exc if isinstance(exc, GirderFSError) \
+                    else GirderFSError(errno.EIO, f'file {f.file_id}: {exc}')
                 attempt += 1
-                if exc.errno in FATAL_ERRNOS or exc.http_status is not None \
-                        or attempt > self.client.retries:
-                    raise
-                self.client.sleep_backoff(attempt)
-            except Exception as exc:  # urllib3/socket errors on a broken body
-                attempt += 1
-                if attempt > self.client.retries:
-                    raise GirderFSError(errno.EIO, f'file {f.file_id}: {exc}') from None
+                if not self._retry_here(err, attempt):
+                    raise err from None
                 self.client.sleep_backoff(attempt)
         self.client.stats.add_bytes(len(body))
         out = {}
@@ -419,10 +415,7 @@ class Reader:
                 self._stream_blocks(f, pending, futures)
             except GirderFSError as exc:
                 attempt += 1
-                # An HTTP error status was already retried by the client; retry here only
-                # what broke mid-body (a cut connection, a short or wrong body).
-                if exc.errno in FATAL_ERRNOS or exc.http_status is not None \
-                        or getattr(exc, 'retried', False) or attempt > self.client.retries:
+                if not self._retry_here(exc, attempt):
                     log.error('read of file %s failed: %s', f.file_id, exc.reason)
                     for idx in pending:
                         self._settle(f, idx, futures[idx], None, exc)
@@ -435,6 +428,15 @@ class Reader:
                 for idx in pending:
                     self._settle(f, idx, futures[idx], None, err)
                 return
+
+    def _retry_here(self, exc: GirderFSError, attempt: int) -> bool:
+        """Whether a download that failed with ``exc`` on try ``attempt`` is tried again.
+
+        An HTTP error status was already retried by the client; only what broke mid-body (a
+        cut connection, a short or wrong body) is retried here.
+        """
+        return not (exc.errno in FATAL_ERRNOS or exc.http_status is not None
+                    or getattr(exc, 'retried', False) or attempt > self.client.retries)
 
     def _check_current(self, f: RemoteFile) -> None:
         """Before downloading, confirm the server still has this content (once per TTL).
