@@ -125,16 +125,18 @@ def proc_status_kib(pid: int | None, key: str) -> int:
     return 0
 
 
-def machine_busy_cpu() -> float:
-    """CPU seconds all processes of the machine have used (from /proc/stat)."""
+def machine_cpu() -> tuple[float, float]:
+    """CPU seconds all processes of the machine have used, and seconds the hypervisor gave
+    this VM's CPUs to others (steal), from /proc/stat."""
     try:
         with open('/proc/stat', encoding='ascii') as fh:
             f = [int(x) for x in fh.readline().split()[1:]]
     except (OSError, ValueError):
-        return 0.0
+        return 0.0, 0.0
     # user nice system idle iowait irq softirq [steal guest...]: busy = user..softirq less
-    # idle and iowait (steal is the hypervisor's, guest time is already in user)
-    return (sum(f[:7]) - f[3] - f[4]) / CLK_TCK
+    # idle and iowait (guest time is already in user)
+    steal = f[7] if len(f) > 7 else 0
+    return (sum(f[:7]) - f[3] - f[4]) / CLK_TCK, steal / CLK_TCK
 
 
 def loadavg() -> float:
@@ -532,13 +534,14 @@ class Probe:
         self._mnt_cpu = proc_cpu(self.mount.pid) if self.mount else 0.0
         self._child_cpu = children_cpu()
         self._self_cpu = time.process_time()
-        self._busy = machine_busy_cpu()
+        self._busy, self._steal = machine_cpu()
         self._t = time.perf_counter()
         return self
 
     def __exit__(self, *exc) -> None:
         wall = time.perf_counter() - self._t
-        busy = machine_busy_cpu() - self._busy
+        busy, steal = machine_cpu()
+        busy -= self._busy
         r = self.result
         r['seconds'] = round(wall, 4)
         r['server_cpu_s'] = round(proc_cpu(self.ctx.server.pid) - self._srv_cpu, 2)
@@ -549,6 +552,8 @@ class Probe:
         # CPU used meanwhile by everything else on the machine (other jobs disturb the figures)
         r['other_cpu_s'] = round(max(0.0, busy - r['server_cpu_s'] - r.get('mount_cpu_s', 0)
                                      - r['reader_cpu_s']), 2)
+        # CPU time the hypervisor gave to other VMs: a shared host slows every case unevenly
+        r['steal_cpu_s'] = round(steal - self._steal, 2)
         r['server_requests'] = self.ctx.server.settle() - self._req
         if self.mount and self.mount.kind == 'girderfs' and self._stats is None:
             r['status_error'] = self.mount.status_error
@@ -1192,9 +1197,10 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
     # where the time goes
     lines.append('')
     lines.append('where the time goes: wall s | CPU s of the server, the mount, the reader '
-                 '(cat/curl/ls/bench) and everything else on the machine | HTTP requests seen by '
+                 '(cat/curl/ls/bench) and everything else on the machine, and CPU s the '
+                 'hypervisor gave to other VMs (steal) | HTTP requests seen by '
                  'the server | MiB downloaded by girderfs')
-    other = wall = 0.0
+    other = wall = steal = 0.0
     for case in ('P1', 'P2', 'P3cold', 'P3warm', 'P4ls', 'P4ls-again', 'P4find', 'P5', 'P6'):
         for system, r in R.get(case, {}).items():
             if 'error' in r:
@@ -1202,14 +1208,20 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
                 continue
             down = r.get('bytes_down')
             other += r.get('other_cpu_s', 0)
+            steal += r.get('steal_cpu_s', 0)
             wall += r.get('seconds', 0)
             lines.append(
                 f"  {case:10} {system:10} {r.get('seconds', 0):8.2f} | "
                 f"srv {r.get('server_cpu_s', 0):6.2f}  mnt {r.get('mount_cpu_s', '-')!s:>6}  "
-                f"rdr {r.get('reader_cpu_s', 0):5.2f}  other {r.get('other_cpu_s', 0):6.2f} | "
+                f"rdr {r.get('reader_cpu_s', 0):5.2f}  other {r.get('other_cpu_s', 0):6.2f}  "
+                f"steal {r.get('steal_cpu_s', 0):5.2f} | "
                 f"{r.get('server_requests', '-')!s:>6} req | "
                 f"{'-' if down is None else f'{down / MiB:.0f}'}"
                 + (f"  (status file: {r['status_error']})" if r.get('status_error') else ''))
+    if wall and steal / wall > 0.2:
+        lines.append(f'WARNING: the hypervisor took {steal / wall:.2f} of {os.cpu_count()} CPUs '
+                     'on average while cases ran (steal): the host is shared and the figures '
+                     'are disturbed; compare ratios, or rerun when it is quiet')
     if wall and other / wall > 0.2:
         lines.append(f'WARNING: other processes used {other / wall:.2f} CPUs on average while '
                      f'cases ran (load average {meta.get("loadavg_start")} at the start, '
