@@ -141,14 +141,18 @@ def test_same_block_stored_by_both_stores_keeps_one_file(stores):
 
 
 def test_batches_larger_than_the_bound_are_evicted(tmp_path):
-    s = BlockStore(str(tmp_path / 'b'), 8 * BS, BS)
+    limit = 128 * BS
+    s = BlockStore(str(tmp_path / 'b'), limit, BS)
     try:
-        for i in range(40):
-            os.close(s.write_block('k', i, bytes([i]) * BS))
-        assert s.flush(30)
-        assert len(block_files(s)) <= 8
-        assert sum(os.path.getsize(f) for f in block_files(s)) <= 8 * BS
-        assert s.get('k', 39, BS) == bytes([39]) * BS  # the most recent stays
+        for i in range(400):
+            os.close(s.write_block('k', i, bytes([i % 256]) * BS))
+            if i % 50 == 49 and i > 100:  # past the bound
+                assert s.flush(30)
+                # Evicted down to the index's bound, not far below it (diskcache's cull
+                # takes ten rows at a time); the directory within --cache-size.
+                assert s._cache.size_limit - 2 * BS < s.volume() <= s._cache.size_limit
+                assert sum(os.path.getsize(f) for f in block_files(s)) <= limit
+        assert s.get('k', 399, BS) == bytes([399 % 256]) * BS  # the most recent stays
     finally:
         s.close()
 

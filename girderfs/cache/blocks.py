@@ -25,6 +25,9 @@ WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at mos
 TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
 ROW_WAIT = 0.05  # longest a written block waits for its index row
 FD_CACHE = 256  # block files kept open (see _keep_fd)
+# Disk use of the cache directory that diskcache does not count: SQLite's write-ahead log (about
+# 4 MiB before a checkpoint) and the 256 subdirectories.
+UNCOUNTED = 5 << 20
 
 
 class _BlockDisk(diskcache.Disk):
@@ -88,10 +91,18 @@ class BlockStore:
         # Our threads take turns at SQLite: contending for its own lock, they back off in sleeps
         # of milliseconds.
         self._sql = threading.Lock()
+        # Rows are added in batches (a transaction per block cost 0.3-0.4 s of CPU per GiB
+        # downloaded, mostly GIL hand-offs around SQLite calls), but unindexed bytes escape
+        # eviction, so a batch is a small share of the bound: 16 MiB of 10 GiB, one block of
+        # a 16 MiB cache.
+        self._batch_bytes = max(block_size, min(16 << 20, size_limit // 64))
+        # size_limit bounds the whole directory: diskcache evicts down to what is left once
+        # a batch and what it does not count have room.
+        index_limit = max(size_limit // 2, size_limit - self._batch_bytes - UNCOUNTED)
         # disk_min_file_size=0: every block is a file of its own, so reads can hand FUSE a file
         # descriptor instead of bytes (see open_block).
         self._cache = diskcache.Cache(
-            directory, timeout=30, disk=_BlockDisk, size_limit=size_limit,
+            directory, timeout=30, disk=_BlockDisk, size_limit=index_limit,
             eviction_policy='least-recently-used', cull_limit=16, disk_min_file_size=0)
         # Where each block's file is, so a hit costs no SQLite work; entries of blocks evicted
         # since (by us or by another mount sharing the directory) fail to open and are dropped.
@@ -105,11 +116,6 @@ class BlockStore:
         # Block files are written by the threads that download them; their SQLite rows are
         # added by one background thread, so downloads never wait on SQLite.
         self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, _Adopted)
-        # Rows are added in batches (a transaction per block cost 0.3-0.4 s of CPU per GiB
-        # downloaded, mostly GIL hand-offs around SQLite calls), but unindexed bytes escape
-        # eviction, so a batch is a small share of the bound: 16 MiB of 10 GiB, one block of
-        # a 16 MiB cache.
-        self._batch_bytes = max(block_size, min(16 << 20, size_limit // 64))
         self._wake = threading.Condition(threading.Lock())  # guards the four fields below
         self._unindexed = 0  # bytes written whose rows are not added yet
         self._written = 0  # blocks written so far ...
@@ -310,13 +316,16 @@ class BlockStore:
         if not rows:
             self._indexed_up_to(written, 0)
             return
-        try:
-            with self._sql:
+        with self._sql:
+            try:
                 taken = self._insert_rows(rows)
-                self._cache.cull()  # evicts least recently used rows while over the bound
-        except Exception as exc:
-            log.warning('block cache index update failed: %s', exc)
-            taken = set()
+            except Exception as exc:
+                log.warning('block cache index update failed: %s', exc)
+                taken = set()
+            try:
+                self._evict()
+            except Exception as exc:  # the rows are in: their files must stay
+                log.warning('block cache eviction failed: %s', exc)
         for key, adopted in rows:
             if key not in taken:  # not indexed: the file must not outlive this process
                 self._forget(key)
@@ -345,6 +354,27 @@ class BlockStore:
             return {key for key, a in rows if con.execute(
                 'SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND filename = ?',
                 (key, a.filename)).fetchone()}
+
+    def _evict(self) -> None:
+        """Evict least recently used blocks until the index is within its bound (used under
+        _sql). As many as needed: diskcache's cull takes ten at a time, which emptied a 16 MiB
+        cache of 1 MiB blocks down to 2 MiB."""
+        over = self._cache.volume() - self._cache.size_limit
+        if over <= 0:
+            return
+        victims = []
+        with self._cache.transact():
+            con = self._cache._con
+            for rowid, filename, size in con.execute(  # diskcache's access_time index
+                    'SELECT rowid, filename, size FROM Cache ORDER BY access_time'):
+                victims.append((rowid, filename))
+                over -= size
+                if over <= 0:
+                    break
+            con.executemany('DELETE FROM Cache WHERE rowid = ?', [(r,) for r, _ in victims])
+        for _, filename in victims:  # after the commit: a reader may still find the row before
+            if filename:
+                self._cache.disk.remove(filename)
 
     def _indexed_up_to(self, written: int, size: int) -> None:
         with self._wake:
