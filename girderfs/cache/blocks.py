@@ -359,18 +359,17 @@ class BlockStore:
         """Evict least recently used blocks until the index is within its bound (used under
         _sql). As many as needed: diskcache's cull takes ten at a time, which emptied a 16 MiB
         cache of 1 MiB blocks down to 2 MiB."""
-        over = self._cache.volume() - self._cache.size_limit
-        if over <= 0:
+        if self._cache.volume() <= self._cache.size_limit:
             return
         victims = []
-        with self._cache.transact():
+        with self._cache.transact():  # measured again inside: another mount may evict too
+            over = self._cache.volume() - self._cache.size_limit
             con = self._cache._con
-            for rowid, filename, size in con.execute(  # diskcache's access_time index
-                    'SELECT rowid, filename, size FROM Cache ORDER BY access_time'):
-                victims.append((rowid, filename))
-                over -= size
-                if over <= 0:
-                    break
+            rows = con.execute(  # diskcache's access_time index
+                'SELECT rowid, filename, size FROM Cache ORDER BY access_time')
+            while over > 0 and (row := rows.fetchone()) is not None:
+                victims.append(row[:2])
+                over -= row[2]
             con.executemany('DELETE FROM Cache WHERE rowid = ?', [(r,) for r, _ in victims])
         for _, filename in victims:  # after the commit: a reader may still find the row before
             if filename:
