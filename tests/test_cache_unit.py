@@ -182,7 +182,6 @@ def test_kept_files_are_bounded_and_closed(tmp_path):
     assert open_cache_files() == 0
 
 
-
 def test_sweep_removes_only_old_unindexed_files(stores):
     a, _ = stores
     store(a, 0, b'i' * BS)  # indexed
