@@ -221,3 +221,26 @@ def test_kept_files_of_blocks_evicted_elsewhere_are_closed(stores):
         time.sleep(0.2)
     assert held() == 0
     assert a.get('k', 3, BS) is None
+
+
+def test_writer_outlives_an_unexpected_error(tmp_path, monkeypatch):
+    """flush() (and so unmount) waits on the writer thread: an error must not end it."""
+    s = BlockStore(str(tmp_path / 'b'), 64 * BS, BS)
+    failures = []
+
+    def broken() -> None:
+        failures.append(time.monotonic())
+        raise RuntimeError('broken on purpose')
+
+    monkeypatch.setattr(s, '_close_evicted', broken)
+    try:
+        store(s, 0, b'a' * BS)
+        deadline = time.monotonic() + 10
+        while not failures and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert failures  # the periodic pass ran and failed
+        store(s, 1, b'b' * BS)  # flush() returns: rows are still added
+        assert s._writer.is_alive()
+        assert s.get('k', 1, BS) == b'b' * BS
+    finally:
+        s.close()

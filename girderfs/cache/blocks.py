@@ -460,11 +460,14 @@ class BlockStore:
                     self._wake.wait(ROW_WAIT)  # let a batch gather
                 self._hurry = False
                 closing = self._closing
-            self._add_rows()
-            if closing or time.monotonic() - touched_at >= TOUCH_INTERVAL:
-                self._flush_touches()
-                self._close_evicted()
-                touched_at = time.monotonic()
+            try:
+                self._add_rows()
+                if closing or time.monotonic() - touched_at >= TOUCH_INTERVAL:
+                    self._flush_touches()
+                    self._close_evicted()
+                    touched_at = time.monotonic()
+            except Exception:  # this thread must outlive any one batch: flush() waits on it
+                log.exception('block cache writer: unexpected error (continuing)')
             if closing:
                 return
 
