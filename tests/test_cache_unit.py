@@ -123,6 +123,15 @@ def test_cache_volume_counts_written_blocks(stores):
     assert a.volume() >= 3 * BS
 
 
+def open_files(match) -> int:
+    """How many of this process's descriptors point at a path ``match`` accepts."""
+    n = 0
+    for fd in os.listdir('/proc/self/fd'):
+        with contextlib.suppress(OSError):  # the listing's own descriptor is gone by now
+            n += bool(match(os.readlink(f'/proc/self/fd/{fd}')))
+    return n
+
+
 def block_files(store: BlockStore) -> list[str]:
     return [os.path.join(d, f) for d, _, fs in os.walk(store._directory)
             for f in fs if f.endswith('.val')]
@@ -162,14 +171,7 @@ def test_kept_files_are_bounded_and_closed(tmp_path):
     cache_dir = str(tmp_path / 'b')
 
     def open_cache_files() -> int:
-        n = 0
-        for fd in os.listdir('/proc/self/fd'):
-            try:
-                target = os.readlink(f'/proc/self/fd/{fd}')
-                n += target.startswith(cache_dir + '/') and target.endswith('.val')
-            except OSError:
-                pass
-        return n
+        return open_files(lambda t: t.startswith(cache_dir + '/') and t.endswith('.val'))
 
     for i in range(FD_CACHE + 50):
         os.close(s.write_block('k', i, bytes([i % 256]) * 1024))
@@ -208,11 +210,7 @@ def test_kept_files_of_blocks_evicted_elsewhere_are_closed(stores):
     path = a._locate(a._key('k', 3))[0]
 
     def held() -> int:
-        n = 0
-        for fd in os.listdir('/proc/self/fd'):
-            with contextlib.suppress(OSError):
-                n += os.readlink(f'/proc/self/fd/{fd}') == f'{path} (deleted)'
-        return n
+        return open_files(lambda t: t == f'{path} (deleted)')
 
     b.discard('k', 3)  # evicted by the other mount: the file is unlinked
     assert not os.path.exists(path) and held() == 1
