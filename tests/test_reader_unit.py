@@ -71,3 +71,15 @@ def test_backwards_and_far_seeks_reset_the_window(stored):
     windows, chunks = read_all(reader, f, back, stream)
     assert set(windows) == {0}
     assert all(chunks[o] == data[o:o + REQ] for o in back)
+
+
+def test_the_window_is_a_small_share_of_the_cache(tmp_path):
+    """A window as large as the cache would evict blocks fetched ahead before they are read."""
+    for limit, window in ((256 * MiB, 32 * MiB), (16 * MiB, 2 * MiB), (10 << 30, 256 * MiB)):
+        store = BlockStore(str(tmp_path / f'b{limit}'), limit, MiB)
+        reader = Reader(None, store)
+        try:
+            assert reader.max_window == window, (limit, reader.max_window)
+        finally:
+            reader.close()
+            store.close()

@@ -87,6 +87,7 @@ class BlockStore:
         os.makedirs(directory, mode=0o700, exist_ok=True)
         os.chmod(directory, 0o700)
         self.block_size = block_size
+        self.size_limit = size_limit
         self._directory = directory
         # Our threads take turns at SQLite: contending for its own lock, they back off in sleeps
         # of milliseconds.
