@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 DIR_KINDS = frozenset({'root', 'collections', 'users', 'collection', 'user', 'folder'})
 NAME_MAX = 255
+# In a file document: when it was asked of the server. The reader skips asking again soon after.
+FETCHED = '_girderfsFetched'
 
 
 @dataclass(eq=False)
@@ -213,6 +215,7 @@ class Namespace:
         listing (and, in small folders, every item's files) per file.
         """
         item_id = file_doc['itemId']
+        file_doc = stamped(dict(file_doc), time.monotonic())
         doc = {'_id': item_id, 'name': name, 'folderId': folder_id,
                'size': file_doc.get('size', 0), 'created': file_doc.get('created'),
                'updated': file_doc.get('created'), 'meta': {}, 'description': ''}
@@ -275,8 +278,13 @@ class Namespace:
     # --- items ----------------------------------------------------------------------------
     def load_files(self, node: Node) -> list[dict]:
         """Fetch (or reuse) an item's files, which decides if it is a file or a directory."""
-        files = self._files.get_or_load(node.id, lambda: list(
-            self.client.paginate(f'item/{node.id}/files', kind='files')))
+
+        def fetch() -> list[dict]:
+            asked = time.monotonic()
+            return [stamped(doc, asked)
+                    for doc in self.client.paginate(f'item/{node.id}/files', kind='files')]
+
+        files = self._files.get_or_load(node.id, fetch)
         node.files = files
         with self._ino_lock:
             if node.single_file is None:
@@ -465,6 +473,17 @@ class Namespace:
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def stamped(doc: dict, when: float) -> dict:
+    """``doc`` marked as the server's answer at ``when`` (time.monotonic())."""
+    doc[FETCHED] = when
+    return doc
+
+
+def fetched_at(doc: dict) -> float | None:
+    """When a file document was asked of the server (time.monotonic()), if known."""
+    return doc.get(FETCHED)
 
 
 def root_node(client: GirderClient, girder_path: str | None) -> Node:

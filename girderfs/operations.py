@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .errors import GirderFSError
 from .fuselib import CAP_SPLICE_MOVE, CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
-from .namespace import Namespace, Node
+from .namespace import Namespace, Node, fetched_at
 from .reader import FdPart, Part, Reader, RemoteFile, Stream, close_parts, join_parts
 from .util import Counter
 from .writer import Dirty, Writer
@@ -231,7 +231,7 @@ class GirderOperations(mfusepy.Operations):
         if node.is_dir:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         doc = self.ns.file_doc(node)
-        remote = RemoteFile.from_doc(doc)
+        remote = RemoteFile.from_doc(doc, fetched_at(doc))
         if writing:
             if not node.writable:
                 raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')

@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .cache import BlockStore, content_key, read_fd
 from .client import GirderClient
@@ -41,11 +41,13 @@ class RemoteFile:
     ckey: str
     sha512: str | None = None
     stamp: str | None = None  # Girder sets 'created' anew when a file's content is replaced
+    # When the server last described this content (time.monotonic()), if the caller knows.
+    seen: float | None = field(default=None, compare=False)
 
     @classmethod
-    def from_doc(cls, doc: dict) -> RemoteFile:
+    def from_doc(cls, doc: dict, seen: float | None = None) -> RemoteFile:
         return cls(doc['_id'], int(doc.get('size') or 0), content_key(doc), doc.get('sha512'),
-                   doc.get('updated') or doc.get('created'))
+                   doc.get('updated') or doc.get('created'), seen)
 
     def matches(self, doc: dict) -> bool:
         """Whether a fresh file document still describes this content."""
@@ -453,6 +455,10 @@ class Reader:
         now = time.monotonic()
         with self._lock:
             seen = self._verified.get(f.ckey)
+        # A document fetched moments ago (the open that made ``f`` listed it) is as good as
+        # asking again: that was one request more per file opened (8-14 of P5's ~55).
+        if f.seen is not None and (seen is None or f.seen > seen):
+            seen = f.seen
         if seen is not None and now - seen < self.verify_ttl:
             return
         doc = self.client.get(f'file/{f.file_id}', kind='verify')

@@ -290,6 +290,27 @@ def test_open_and_read_a_file(stack, data):
     raises_errno(errno.EBADF, ops.read, path, 10, 0, info)  # released
 
 
+def test_only_an_old_file_document_is_checked_before_downloading(stack, data, girder):
+    """The open that just listed a file needs no second request; one listed long ago does."""
+    s = stack()
+    path = f'/collection/{data["col"]}/f/x.bin'
+
+    def read_block(index: int) -> bytes:
+        info = fi()
+        s.ops.open(path, info)
+        try:
+            return s.ops.read(path, 4096, index << 20, info)
+        finally:
+            s.ops.release(path, info)
+
+    assert read_block(0) == data['payload'][:4096]
+    assert s.client.stats.snapshot()['by_kind'].get('verify', 0) == 0
+    # The same cached document, now older than the verify TTL: asked about once more.
+    s.reader.verify_ttl = 0.0
+    assert read_block(2) == data['payload'][2 << 20:(2 << 20) + 4096]
+    assert s.client.stats.snapshot()['by_kind'].get('verify', 0) == 1
+
+
 def test_unknown_paths_are_enoent(stack, data):
     ops = stack().ops
     for path in ['/nope', '/collection/' + unique('Missing'), f'/collection/{data["col"]}/f/nope',
