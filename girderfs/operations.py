@@ -73,11 +73,13 @@ def mutating(func: F) -> F:
 class Handle:
     """An open file: a remote file and how it is being read, local changes, or a snapshot."""
 
-    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed')
+    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed', 'node')
 
     def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
-                 dirty: Dirty | None = None, writable: bool = False) -> None:
+                 dirty: Dirty | None = None, writable: bool = False,
+                 node: Node | None = None) -> None:
         self.remote = remote
+        self.node = node  # what the path showed when it was opened for reading
         self.stream = Stream()
         self.data = data
         self.dirty = dirty
@@ -169,7 +171,30 @@ class GirderOperations(mfusepy.Operations):
         d = self.writer.get(path) if self.writer else None
         if d is not None:
             return self._dirty_attr(d)
+        handle = self._open_reader(fh)
+        if handle is not None:
+            # The kernel asks again every attribute timeout while a file is read. Resolving
+            # the path would fetch every listing along it once they expired, and in a small
+            # folder every item's files: 13 requests per 5 s to read one file of a folder of
+            # 9 items. Asking whether the file's content is still the same costs one.
+            try:
+                self.reader.check_current(handle.remote)
+                return self.ns.getattr(handle.node)
+            except GirderFSError as exc:
+                if exc.errno != errno.ESTALE:
+                    raise
         return self.ns.getattr(self.ns.resolve(path))
+
+    def _open_reader(self, fi: Any) -> Handle | None:
+        """The handle of ``fi`` if it reads a remote file (no local changes), else None."""
+        if fi is None:
+            return None
+        with self._handles_lock:
+            handle = self._handles.get(getattr(fi, 'fh', None))
+        if handle is None or handle.remote is None or handle.node is None \
+                or handle.dirty is not None:
+            return None
+        return handle
 
     def _dirty_attr(self, d: Dirty) -> dict:
         # No d.lock: an upload holds it for its whole length, and stat must not wait for that.
@@ -244,7 +269,7 @@ class GirderOperations(mfusepy.Operations):
             # The kernel may keep its cached pages only if the content is what it cached.
             fi.keep_cache = 1 if self._last_key.get(ino) == remote.ckey else 0
             self._last_key[ino] = remote.ckey
-        fi.fh = self._new_handle(Handle(remote))
+        fi.fh = self._new_handle(Handle(remote, node=node))
         return 0
 
     def _start_existing(self, path: str, node: Node, doc: dict, remote: RemoteFile,

@@ -250,7 +250,7 @@ class Reader:
         attempt = 0
         while True:
             try:
-                self._check_current(f)
+                self.check_current(f)
                 resp = self.client.download_range(f.file_id, start, stop)
                 body = bytearray(stop - start)
                 got = 0
@@ -419,7 +419,7 @@ class Reader:
         attempt = 0
         while pending:
             try:
-                self._check_current(f)
+                self.check_current(f)
                 self._stream_blocks(f, pending, futures)
             except GirderFSError as exc:
                 attempt += 1
@@ -446,11 +446,12 @@ class Reader:
         return not (exc.errno in FATAL_ERRNOS or exc.http_status is not None
                     or getattr(exc, 'retried', False) or attempt > self.client.retries)
 
-    def _check_current(self, f: RemoteFile) -> None:
-        """Before downloading, confirm the server still has this content (once per TTL).
+    def check_current(self, f: RemoteFile) -> None:
+        """Confirm the server still has this content (asks once per TTL); ESTALE if not.
 
-        Cached blocks are keyed by content, so an open file whose content changed on the server
-        must fail rather than mix its old cached blocks with new downloaded ones.
+        Done before every download: cached blocks are keyed by content, so an open file whose
+        content changed on the server must fail rather than mix its old cached blocks with new
+        downloaded ones.
         """
         now = time.monotonic()
         with self._lock:

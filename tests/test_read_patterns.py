@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -203,6 +204,41 @@ def test_replaced_on_server_between_opens(girder, mount):
         assert time.monotonic() < deadline, 'new content never appeared'
         time.sleep(0.5)
     assert path.read_bytes() == new
+
+
+def test_a_long_read_asks_about_the_file_not_the_folder(girder, mount):
+    """While a file is read, the kernel asks for its attributes again every attribute timeout:
+    that costs a question about the file, not the listings along its path and every item's
+    files; and a change of the file on the server still shows."""
+    col = girder.collection('ReadLong')
+    folder = girder.folder(col, 'f')
+    rnd = random.Random(11)
+    data = rnd.randbytes(16 * BS)
+    item = girder.file_item(folder, 'x.bin', data)
+    for i in range(4):  # a small folder: listing it reads every item's files too
+        girder.file_item(folder, f'other{i}.txt', b'x')
+    m = mount('--block-size', '256K', '--attr-timeout', '1')
+    path = m.path / 'collection' / 'ReadLong' / 'f' / 'x.bin'
+    with open(path, 'rb', buffering=0) as fh:
+        before = m.status()['stats']['by_kind']
+        got = []
+        for _ in range(8):  # 2.8 s: two to three attribute timeouts
+            got.append(fh.read(2 * BS))
+            time.sleep(0.35)
+        after = m.status()['stats']['by_kind']
+        assert sha(b''.join(got)) == sha(data)
+        for kind in ('list', 'files'):
+            assert after.get(kind, 0) == before.get(kind, 0), (kind, before, after)
+        assert after.get('verify', 0) > before.get('verify', 0), (before, after)
+
+        # Replaced with a longer file: a read after the timeout makes the kernel ask, and
+        # the answer (cached by the kernel for a second) has the new size.
+        longer = rnd.randbytes(len(data) + BS)
+        replace_content(girder, item, longer)
+        time.sleep(1.2)
+        with contextlib.suppress(OSError):  # this handle may fail (ESTALE): never mix
+            os.pread(fh.fileno(), 10, 0)
+        assert os.fstat(fh.fileno()).st_size == len(longer)
 
 
 def test_mounts_with_different_block_sizes_share_a_cache_dir(tree, mount, tmp_path):
