@@ -59,7 +59,7 @@ def set_read_ahead(mountpoint: str, kib: int) -> bool:
 # so a block in the disk cache reaches the kernel without passing through Python.
 BUF_IS_FD, BUF_FD_SEEK, BUF_FD_RETRY = 1 << 1, 1 << 2, 1 << 3
 FD_BUF = BUF_IS_FD | BUF_FD_SEEK | BUF_FD_RETRY  # pread, retried until complete
-CAP_SPLICE_WRITE, CAP_SPLICE_MOVE = 1 << 7, 1 << 8
+CAP_SPLICE_WRITE = 1 << 7
 
 
 class _Buf(ctypes.Structure):
