@@ -160,14 +160,15 @@ class Reader:
             return []
         end = min(f.size, offset + size)
         first, last = offset // self.bs, (end - 1) // self.bs
+        ahead = range(0)
         if stream is not None:
-            self._prefetch_after(f, offset, end, last, stream)
+            ahead = self._prefetch_after(f, offset, end, last, stream)
             if not stream.window and first == last:
                 small = self._read_small(f, offset, end)
                 if small is not None:
                     return [small]
         wanted = range(first, last + 1)
-        got = self._claim(f, wanted, self._demand)
+        got = self._claim(f, wanted, self._demand, ahead)
         parts: list[Part] = []
         try:
             for idx in wanted:
@@ -295,14 +296,16 @@ class Reader:
         return min(self.bs, f.size - idx * self.bs)
 
     def _claim(self, f: RemoteFile, indices: range, pool: ThreadPoolExecutor,
-               prefetch: bool = False) -> dict[int, Future | bytes | FdPart]:
-        """Per block: its bytes if in memory, its open file if on disk, else a future that is
-        shared if the block is in flight or a new fetch is queued. The caller closes the files.
+               ahead: range = range(0)) -> dict[int, Future | bytes | FdPart]:
+        """Per block of ``indices``: its bytes if in memory, its open file if on disk, else a
+        future that is shared if the block is in flight or a new fetch is queued. The caller
+        closes the files.
 
-        For prefetch, blocks already on disk are left there and get nothing.
+        Blocks of ``ahead`` (prefetch) are queued for fetching if they are nowhere yet, and
+        get nothing; next to missing blocks of ``indices``, they join their request.
         """
         out: dict[int, Future | bytes | FdPart] = {}
-        missing: list[int] = []
+        fetch: dict[int, Future] = {}  # blocks this call queues for fetching
         from_disk = 0
         try:
             for idx in indices:
@@ -316,38 +319,53 @@ class Reader:
                     out[idx] = data
                     continue
                 if fut is None:
-                    if prefetch:
-                        if self.store.contains(f.ckey, idx):
-                            continue
-                    else:
-                        got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
-                        if got is not None:
-                            from_disk += 1
-                            out[idx] = FdPart(got, 0, self._block_len(f, idx)) \
-                                if isinstance(got, int) else got
-                            continue
-                    with self._lock:
-                        fut = self._inflight.get(key)
-                        if fut is None:
-                            fut = self._inflight[key] = Future()
-                            missing.append(idx)
+                    got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
+                    if got is not None:
+                        from_disk += 1
+                        out[idx] = FdPart(got, 0, self._block_len(f, idx)) \
+                            if isinstance(got, int) else got
+                        continue
+                    fut = self._queue(f.ckey, idx, fetch)
                 out[idx] = fut
+            if indices:
+                with self._lock:
+                    self._counts['memory'] += len(out) - from_disk - len(fetch)
+                    self._counts['disk'] += from_disk
+                    self._counts['network'] += len(fetch)
+            for idx in ahead:
+                key = (f.ckey, idx)
+                with self._lock:
+                    if key in self._mem or key in self._inflight:
+                        continue
+                if not self.store.contains(f.ckey, idx):
+                    self._queue(f.ckey, idx, fetch)
         except BaseException:
             close_parts(out.values())
             raise
         finally:
-            if not prefetch:
-                with self._lock:
-                    self._counts['memory'] += len(out) - from_disk - len(missing)
-                    self._counts['disk'] += from_disk
-                    self._counts['network'] += len(missing)
             # Blocks claimed for fetching are fetched even if this read fails: others may wait.
-            for run in _runs(missing, self.max_request_blocks):
-                pool.submit(self._fetch_run, f, run, {i: out[i] for i in run})
+            # A run holding a block a reader waits for goes to the demand pool.
+            for run in _runs(sorted(fetch), self.max_request_blocks):
+                (pool if run[0] in indices else self._prefetch).submit(
+                    self._fetch_run, f, run, {i: fetch[i] for i in run})
         return out
 
+    def _queue(self, ckey: str, idx: int, fetch: dict[int, Future]) -> Future:
+        """The future of a block's download: one in flight, or a new one added to ``fetch``."""
+        key = (ckey, idx)
+        with self._lock:
+            fut = self._inflight.get(key)
+            if fut is None:
+                fut = self._inflight[key] = fetch[idx] = Future()
+        return fut
+
     def _prefetch_after(self, f: RemoteFile, offset: int, end: int, last: int,
-                        stream: Stream) -> None:
+                        stream: Stream) -> range:
+        """Size the stream's window after this read; the blocks to prefetch now.
+
+        The caller claims them with the read's own blocks: on a first read both are missing,
+        and one request fetches them (small files cost one request, not two).
+        """
         with stream.lock:
             # Kernel read-ahead on several FUSE threads reorders reads: "near the last end"
             # counts as sequential. cat (fadvise SEQUENTIAL: two ~1 MiB requests in flight)
@@ -363,7 +381,7 @@ class Reader:
                 stream.prefetched_to = stream.loaded_to = 0
             stream.next_offset = max(end, stream.next_offset) if near else end
             if not stream.window:
-                return
+                return range(0)
             nblocks = (f.size - 1) // self.bs + 1
             # Blocks already on disk: have the kernel read a few ahead, so the device works
             # while the reader consumes (a cached block file is read only when asked for).
@@ -378,14 +396,14 @@ class Reader:
                 fetch = range(max(last + 1, stream.prefetched_to),
                               min((end + stream.window - 1) // self.bs + 1, nblocks))
                 stream.prefetched_to = max(stream.prefetched_to, fetch.stop)
-        if len(fetch):
-            self._claim(f, fetch, self._prefetch, prefetch=True)
         # Blocks being downloaded are not on disk yet (and will be in the page cache when they
         # are): advising them cost a lookup each and woke the advice threads for nothing.
         with self._lock:
-            load = [idx for idx in load if (f.ckey, idx) not in self._inflight]
+            load = [idx for idx in load
+                    if idx not in fetch and (f.ckey, idx) not in self._inflight]
         for idx in load:  # advice reads file metadata: ms each when cold, so not here
             self._advise.submit(self.store.advise, f.ckey, idx)
+        return fetch
 
     def counts(self) -> dict[str, int]:
         """Blocks asked for by reads: found cached (memory/disk) or fetched from the network."""

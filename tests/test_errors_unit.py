@@ -311,6 +311,26 @@ def test_only_an_old_file_document_is_checked_before_downloading(stack, data, gi
     assert s.client.stats.snapshot()['by_kind'].get('verify', 0) == 1
 
 
+def test_a_first_read_and_its_prefetch_are_one_request(stack, data):
+    """The first read of a file needs its first block and starts a 1 MiB window after it: both
+    come in one request (a small file costs one request, not two)."""
+    s = stack()
+    path = f'/collection/{data["col"]}/f/x.bin'
+    info = fi()
+    s.ops.open(path, info)
+    try:
+        assert s.ops.read(path, 992 * 1024, 0, info) == data['payload'][:992 * 1024]
+        deadline = time.monotonic() + 10
+        while s.client.stats.snapshot()['bytes_down'] < 2 << 20:  # the prefetched block
+            assert time.monotonic() < deadline, s.client.stats.snapshot()
+            time.sleep(0.02)
+        stats = s.client.stats.snapshot()
+        assert stats['by_kind'].get('download', 0) == 1, stats
+        assert stats['bytes_down'] == 2 << 20, stats
+    finally:
+        s.ops.release(path, info)
+
+
 def test_unknown_paths_are_enoent(stack, data):
     ops = stack().ops
     for path in ['/nope', '/collection/' + unique('Missing'), f'/collection/{data["col"]}/f/nope',
