@@ -290,7 +290,7 @@ def test_open_and_read_a_file(stack, data):
     raises_errno(errno.EBADF, ops.read, path, 10, 0, info)  # released
 
 
-def test_only_an_old_file_document_is_checked_before_downloading(stack, data, girder):
+def test_only_an_old_file_document_is_checked_before_downloading(stack, data):
     """The open that just listed a file needs no second request; one listed long ago does."""
     s = stack()
     path = f'/collection/{data["col"]}/f/x.bin'
