@@ -120,16 +120,15 @@ class Reader:
         self.store = store
         self.bs = store.block_size
         self.first_window = first_window
-        # Each top-up of a growing window is a request, and a request costs the server as much
-        # CPU as ~10 MiB of body under load: growing 4x (1, 4, 16, 64 MiB) instead of 2x took
-        # 8 parallel readers of 64 MiB from ~105 requests to ~81, server CPU 2.3 -> 1.9 s.
+        # A request costs the test server 5-8 ms of CPU, about 2 MiB of body (8 readers of
+        # 64 MiB fetched in 4-64 MiB ranges), so requests are few and large. Each growth step of
+        # the window is a request: growing 4x (1, 4, 16, 64 MiB) instead of 2x took 8 parallel
+        # readers of 64 MiB from ~105 requests to ~81. A cold 1 GiB read took 110 requests and
+        # 4.6-5.0 s with 16 MiB requests and a 64 MiB window; 26 and 3.0-3.4 s with 64 MiB
+        # requests and a 256 MiB window (curl: 3.2-3.9 s). The window stays a small share of
+        # the cache, or blocks fetched ahead of the reader would be evicted before they are
+        # read (several sequential readers each have a window).
         self.window_growth = window_growth
-        # Each request costs the server 5-8 ms of CPU (mongomock test server, measured with
-        # 8 readers of 64 MiB in 4-64 MiB ranges), about 2 MiB of body. A cold 1 GiB read took
-        # 110 requests and 4.6-5.0 s with 16 MiB requests and a 64 MiB window; 26 requests and
-        # 3.0-3.4 s with 64 MiB requests and a 256 MiB window (curl: 3.2-3.9 s). The window
-        # stays a small share of the cache, or blocks fetched ahead of the reader would be
-        # evicted before they are read (several sequential readers each have a window).
         self.max_window = max(first_window, min(max_window, store.size_limit // 8))
         self.max_request_blocks = max(1, max_request // self.bs)
         self.disk_ahead_blocks = max(1, disk_ahead // self.bs)
