@@ -695,8 +695,7 @@ class Bench:
             self.guarded('P2', 'cat-local', lambda: mbps(self.cat([big['local']], None, timeout),
                                                          size))
             say(f'  local cat: {fmt_res(self.results["P2"]["cat-local"], "MBps")} MB/s')
-            # The peer reads at a few percent of curl's speed: one round of it says enough.
-            for system in self.systems() if rnd == 0 else ['girderfs']:
+            for system in self.round_systems(rnd):
                 def on_mount(m: Mount, system: str = system) -> None:
                     path = m.file('data/' + big['name'])
 
@@ -730,6 +729,10 @@ class Bench:
         self.settle_rounds('P2', 'cat-local', 'MBps')
 
     # --- repeated rounds -----------------------------------------------------------------------
+    def round_systems(self, rnd: int) -> list[str]:
+        # The peer reads at a few percent of curl's speed: one round of it says enough.
+        return self.systems() if rnd == 0 else ['girderfs']
+
     def round_label(self, rnd: int) -> str:
         return f', round {rnd + 1} of {self.args.rounds}' if self.args.rounds > 1 else ''
 
@@ -899,7 +902,7 @@ class Bench:
                 [f['id'] for f in files], [f['size'] for f in files], self.args.timeout),
                 total))
             say(f'  curl x{len(files)}: {fmt_res(self.results["P5"]["curl"], "MBps")} MB/s')
-            for system in self.systems() if rnd == 0 else ['girderfs']:
+            for system in self.round_systems(rnd):
                 def on_mount(m: Mount, system: str = system) -> None:
                     paths = [m.file('data/' + f['name']) for f in files]
 
