@@ -103,30 +103,27 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --- credentials ---------------------------------------------------------------------------
 def authenticate(client, args: argparse.Namespace) -> str:
-    """Log in with the first credential source found; return a description for the log."""
+    """Log in with the first credential source found (girderfs.auth.from_environment); return
+    a description for the log. The credentials stay with ``client`` (renewed in the mount)."""
+    from .auth import PASSWORD, from_environment
+
+    def password() -> str:
+        value = os.environ.get('GIRDER_PASSWORD')
+        if value is None:
+            if not sys.stdin or not sys.stdin.isatty():
+                raise CliError('--username needs GIRDER_PASSWORD set or a terminal to ask on')
+            value = getpass.getpass(f'Girder password for {args.username}: ')
+        return value
+
+    creds = from_environment(args.api_key_file, args.username, password, read_secret_file)
+    client.use_credentials(creds)
     try:
-        if args.api_key_file:
-            client.login_api_key(read_secret_file(args.api_key_file))
-            return 'API key file'
-        if os.environ.get('GIRDER_API_KEY'):
-            client.login_api_key(os.environ['GIRDER_API_KEY'].strip())
-            return 'GIRDER_API_KEY'
-        if os.environ.get('GIRDER_TOKEN'):
-            client.login_token(os.environ['GIRDER_TOKEN'].strip())
-            return 'GIRDER_TOKEN'
-        if args.username:
-            password = os.environ.get('GIRDER_PASSWORD')
-            if password is None:
-                if not sys.stdin or not sys.stdin.isatty():
-                    raise CliError('--username needs GIRDER_PASSWORD set or a terminal to ask on')
-                password = getpass.getpass(f'Girder password for {args.username}: ')
-            client.login_password(args.username, password)
-            return f'user {args.username}'
+        creds.login()
     except GirderFSError as exc:
         if exc.errno == errno.EACCES or exc.errno == errno.EINVAL or exc.errno == errno.ENOENT:
             raise CliError('authentication failed: the server refused the credentials') from None
         raise CliError(f'authentication failed: {exc.reason}') from None
-    return 'anonymous'
+    return f'user {args.username}' if creds.source == PASSWORD else creds.source
 
 
 def read_secret_file(path: str) -> str:
@@ -258,7 +255,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         raise CliError(f'cache dir {cache_dir}: {exc.strerror}') from None
 
     user = (client.user or {}).get('login') or 'anonymous'
-    settings = dict(api_url=args.api_url, token=client._token, verify=verify, root=root,
+    settings = dict(api_url=args.api_url, credentials=client.auth, verify=verify, root=root,
                     mountpoint=mountpoint, cache_dir=cache_dir, args=args, user=user,
                     version=version)
     if args.foreground:
@@ -343,10 +340,11 @@ def run_mount(settings: dict, ready: Ready) -> int:
     # block it before any thread starts, so every thread inherits the block, and take it in a
     # thread of our own (on_hup below).
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # The credentials come from the parent (it logged in); their thread starts here, after the
+    # fork, and renews the token for the life of the mount.
     client = GirderClient(settings['api_url'], read_timeout=args.timeout,
-                          verify=settings['verify'])
-    if settings['token']:
-        client.set_token(settings['token'])
+                          verify=settings['verify'], credentials=settings['credentials'])
+    client.auth.start()
     store = BlockStore(os.path.join(settings['cache_dir'], 'blocks'), args.cache_size,
                        args.block_size)
     ns = Namespace(client, settings['root'], ttl=args.attr_timeout, item_check=args.item_check,
@@ -372,7 +370,12 @@ def run_mount(settings: dict, ready: Ready) -> int:
             hooks.submit(d, file_doc)
 
         writer.on_uploaded = uploaded
+        # Uploads that failed wait in the journal: retry them as soon as the server answers
+        # again or accepts our credentials again, not only every 30 s.
+        client.on_reachable.append(writer.kick)
+        client.auth.on_recovered.append(writer.kick)
         writer.recover()  # pending uploads of an earlier mount: visible now, uploaded soon
+    client.on_reachable.append(client.auth.kick)  # a renewal that failed: try again now
     started = time.time()
 
     def status() -> dict:
@@ -382,7 +385,8 @@ def run_mount(settings: dict, ready: Ready) -> int:
                 'cache_limit': args.cache_size, 'read_only': args.read_only,
                 'reads': reader.counts(),
                 'uploaded_bytes': writer.uploaded_bytes if writer else 0,
-                'pending_uploads': writer.progress() if writer else [], **hooks.status()}
+                'pending_uploads': writer.progress() if writer else [],
+                'auth': client.auth.status(), 'health': client.health(), **hooks.status()}
 
     ops.status_provider = status
 
@@ -390,6 +394,7 @@ def run_mount(settings: dict, ready: Ready) -> int:
         while True:
             signal.sigwait({signal.SIGHUP})
             ns.clear()
+            client.auth.kick()  # refused credentials: try the (replaced) key file now
             log.info('SIGHUP: cached listings and attributes dropped')
 
     threading.Thread(target=on_hup, name='girderfs-sighup', daemon=True).start()
@@ -420,6 +425,7 @@ def run_mount(settings: dict, ready: Ready) -> int:
         ready.tell(f'FUSE could not mount {settings["mountpoint"]} (see the log)')
         return 1
     finally:
+        client.auth.stop()
         store.close()
     return 0
 
@@ -447,13 +453,13 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         raise CliError(f'{path} is not mounted')
     if not args.force and path in control.find_mounts():
         try:
-            left = control.wait_for_uploads(path, args.timeout)
+            left, why = control.wait_for_uploads(path, args.timeout)
         except (OSError, ValueError) as exc:
             log.warning('could not read the mount status (%s); unmounting anyway', exc)
-            left = []
+            left, why = [], None
         if left:
-            raise CliError(f'{len(left)} upload(s) still pending after {args.timeout:.0f} s; '
-                           f'not unmounted (use --force to unmount and keep them in the journal)')
+            raise CliError(f'{len(left)} upload(s) pending: {why}; not unmounted (use --force '
+                           f'to unmount and keep them in the journal)')
         # The program whose close() just waited for the last upload may hold the file a moment
         # longer (the kernel sends RELEASE after close returns): retry "busy" briefly.
         deadline = time.monotonic() + 10

@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from .auth import API_KEY_ENV, GIVEN, PASSWORD, TOKEN_ENV, Credentials
 from .errors import GirderFSError, errno_for_status
 
 log = logging.getLogger(__name__)
@@ -56,12 +57,13 @@ class Stats:
 class GirderClient:
     """A pooled, retrying HTTP client for Girder's REST API.
 
-    The token travels only in the ``Girder-Token`` header; it is never put in a URL or logged.
+    The token comes from ``auth`` (girderfs.auth.Credentials) for each request and travels only
+    in the ``Girder-Token`` header; it is never put in a URL or logged.
     """
 
     def __init__(self, api_url: str, *, connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.25, verify: bool | str = True,
-                 pool_size: int = 32) -> None:
+                 pool_size: int = 32, credentials: Credentials | None = None) -> None:
         self.api_url = api_url.rstrip('/')
         self.timeout = (connect_timeout, read_timeout)
         self.retries = retries
@@ -80,55 +82,102 @@ class GirderClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
         self.session.mount('http://', adapter)
         self.session.mount('https://', adapter)
-        self._token: str | None = None
-        self.user: dict | None = None
+        self.auth = Credentials()
+        self.use_credentials(credentials or Credentials())
+        # Reachability: when the server last failed to answer at all, and who to tell when it
+        # answers again (pending uploads, the credentials thread).
+        self._health_lock = threading.Lock()
+        self.unreachable_since: float | None = None
+        self.unreachable_reason: str | None = None
+        self.on_reachable: list[Callable[[], None]] = []
 
     # --- authentication ---------------------------------------------------------------------
+    def use_credentials(self, credentials: Credentials) -> None:
+        credentials.bind(self)
+        self.auth = credentials
+
+    @property
+    def user(self) -> dict | None:
+        return self.auth.user
+
     def set_token(self, token: str | None) -> None:
-        self._token = token
-        if token:
-            self.session.headers['Girder-Token'] = token
-        else:
-            self.session.headers.pop('Girder-Token', None)
+        """Send ``token`` with every request (no expiry known; tests and tools)."""
+        self.use_credentials(Credentials(GIVEN, token=token) if token else Credentials())
 
     def login_api_key(self, key: str) -> None:
-        """Exchange an API key for a token; the key goes in the POST body, not the URL."""
-        doc = self.request('POST', 'api_key/token', data={'key': key}, kind='auth')
-        self.set_token(doc['authToken']['token'])
-        self.user = self.get('user/me', kind='auth')
+        """Exchange an API key for a token (renewed before it expires); the key goes in the
+        POST body, never in a URL."""
+        self._login(Credentials(API_KEY_ENV, key=key))
 
     def login_password(self, username: str, password: str) -> None:
-        doc = self.request('GET', 'user/authentication', auth=(username, password), kind='auth')
-        self.set_token(doc['authToken']['token'])
-        self.user = doc.get('user') or self.get('user/me', kind='auth')
+        self._login(Credentials(PASSWORD, username=username, password=password))
 
     def login_token(self, token: str) -> None:
-        self.set_token(token)
-        self.user = self.get('user/me', kind='auth')
-        if not self.user:
-            raise GirderFSError(errno.EACCES, 'the token was not accepted by the server')
+        self._login(Credentials(TOKEN_ENV, token=token))
+
+    def _login(self, credentials: Credentials) -> None:
+        self.use_credentials(credentials)
+        credentials.login()
+
+    def auth_request(self, method: str, path: str, token: str | None = None,
+                     **kwargs: Any) -> tuple[Any, str | None]:
+        """One request for the credentials themselves, carrying exactly ``token``: its JSON
+        and the server's ``Date`` header."""
+        resp = self._send(method, path, 'auth', token=token, **kwargs)
+        check(resp, method, path)
+        return self._json(resp, method, path), resp.headers.get('Date')
 
     # --- requests -----------------------------------------------------------------------------
     def _url(self, path: str) -> str:
         return f'{self.api_url}/{path.lstrip("/")}'
 
     def _send(self, method: str, path: str, kind: str, stream: bool = False,
-              **kwargs: Any) -> requests.Response:
+              token: str | None = None, **kwargs: Any) -> requests.Response:
         self.stats.count(kind)
+        headers = dict(kwargs.pop('headers', None) or {})
+        if token:
+            headers['Girder-Token'] = token
         if method in ('POST', 'PUT') and 'data' not in kwargs and 'json' not in kwargs:
-            kwargs.setdefault('headers', {})['Content-Length'] = '0'
+            headers['Content-Length'] = '0'
         try:
-            return self.session.request(method, self._url(path), timeout=self.timeout,
-                                        stream=stream, **kwargs)
+            resp = self.session.request(method, self._url(path), timeout=self.timeout,
+                                        stream=stream, headers=headers, **kwargs)
         except requests.exceptions.SSLError as exc:
             raise GirderFSError(errno.EIO, f'TLS error talking to {self.api_url}: {exc}') from None
         except requests.RequestException as exc:
-            err = GirderFSError(errno.EIO, f'{method} {path}: {type(exc).__name__}: '
-                                           f'{_short(exc)}')
+            reason = f'{method} {path}: {type(exc).__name__}: {_short(exc)}'
             # urllib3 retries what fails before the body; a body cut short is retried here
-            err.body_cut = isinstance(exc, requests.exceptions.ChunkedEncodingError)
-            err.retried = not err.body_cut  # urllib3 already retried it: do not multiply
-            raise err from None
+            body_cut = isinstance(exc, requests.exceptions.ChunkedEncodingError)
+            if not body_cut:
+                self._reached(False, reason)
+            raise GirderFSError(errno.EIO, reason, body_cut=body_cut,
+                                retried=not body_cut) from None
+        self._reached(True)
+        return resp
+
+    def _reached(self, ok: bool, reason: str | None = None) -> None:
+        """Record whether the server answered; tell the listeners when it is back."""
+        if ok and self.unreachable_since is None:
+            return  # the usual case, without a lock
+        with self._health_lock:
+            since = self.unreachable_since
+            if ok:
+                self.unreachable_since = self.unreachable_reason = None
+            elif since is None:
+                self.unreachable_since, self.unreachable_reason = time.time(), reason
+        if ok and since is not None:
+            log.warning('the server answers again (it did not for %.0f s)', time.time() - since)
+            for callback in list(self.on_reachable):
+                try:
+                    callback()
+                except Exception:  # a listener's bug must not fail this request
+                    log.debug('reachability callback failed', exc_info=True)
+
+    def health(self) -> dict[str, Any]:
+        """For status: since when the server has not answered, and why (None: it answers)."""
+        with self._health_lock:
+            return {'unreachable_since': self.unreachable_since,
+                    'unreachable_reason': self.unreachable_reason}
 
     def request(self, method: str, path: str, kind: str = 'api', **kwargs: Any) -> Any:
         """Send one API request and return its decoded JSON (None for an empty body)."""
@@ -137,23 +186,35 @@ class GirderClient:
     def _answer(self, method: str, path: str, kind: str, **kwargs: Any) -> requests.Response:
         """The server's answer to one API request (an HTTP error raised as GirderFSError)."""
         attempt = 0
+        sent_again = False  # with a new token, after a 401
         while True:
+            token = self.auth.token()
             try:
-                resp = self._send(method, path, kind, **kwargs)
-                break
+                resp = self._send(method, path, kind, token=token, **kwargs)
             except GirderFSError as exc:
                 attempt += 1
                 # A reply cut short leaves it unknown whether the server acted: send it again
                 # only where that is harmless (reads, and the PUTs that set a name, parent,
                 # metadata or time, which do the same the second time).
                 repeatable = method == 'GET' or (method == 'PUT' and kind == 'change')
-                if not repeatable or not getattr(exc, 'body_cut', False) \
-                        or attempt > self.retries:
+                if not repeatable or not exc.body_cut or attempt > self.retries:
                     raise
                 log.warning('%s; retrying', exc.reason)
                 self.sleep_backoff(attempt)
-        check(resp, method, path)
-        return resp
+                continue
+            if resp.status_code == 401 and token and not sent_again:
+                # An expired or dropped token: Girder refused before doing anything, so any
+                # request may go again with a new one. (unauthorized() raises
+                # CredentialsRefused when the server no longer knows us at all.)
+                if self.auth.unauthorized(token):
+                    resp.close()
+                    if not _resendable(kwargs):
+                        raise GirderFSError(errno.EAGAIN, f'{method} {path}: the token was '
+                                                          f'renewed; send the body again')
+                    sent_again = True
+                    continue
+            check(resp, method, path)
+            return resp
 
     @staticmethod
     def _json(resp: requests.Response, method: str, path: str) -> Any:
@@ -192,15 +253,8 @@ class GirderClient:
 
     def download_range(self, file_id: str, start: int, end: int) -> requests.Response:
         """Open a streaming ranged download of bytes [start, end) of a file; caller closes it."""
-        path = f'file/{file_id}/download'
-        resp = self._send('GET', path, 'download', stream=True,
-                          headers={'Range': f'bytes={start}-{end - 1}'})
-        try:
-            check(resp, 'GET', path)
-        except GirderFSError:
-            resp.close()
-            raise
-        return resp
+        return self._answer('GET', f'file/{file_id}/download', 'download', stream=True,
+                            headers={'Range': f'bytes={start}-{end - 1}'})
 
     def finish(self, resp: requests.Response, complete: bool) -> None:
         """Done with a streamed response: its connection goes back to the pool if the body was
@@ -231,6 +285,12 @@ def check(resp: requests.Response, method: str, path: str) -> None:
     resp.close()
     raise GirderFSError(err, f'{method} {path}: HTTP {resp.status_code} {message}'.strip(),
                         http_status=resp.status_code)
+
+
+def _resendable(kwargs: dict) -> bool:
+    """Whether a request's body can be sent a second time (not a stream already read)."""
+    data = kwargs.get('data')
+    return data is None or isinstance(data, (bytes, str, dict, list, tuple))
 
 
 def _short(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from datetime import datetime
 
 STATUS_NAME = '.girderfs-status'
 
@@ -90,6 +91,7 @@ def format_status(mountpoint: str, info: dict) -> str:
         f'{_size(info.get("uploaded_bytes", 0))} up; {stats.get("requests", 0)} requests, '
         f'{stats.get("retries", 0)} retries',
     ]
+    lines[2:2] = credential_lines(info.get('auth'), info.get('health'))
     pending = info.get('pending_uploads', [])
     lines.append(f'  uploads     {len(pending)} pending')
     for p in pending:
@@ -107,11 +109,61 @@ def format_status(mountpoint: str, info: dict) -> str:
     return '\n'.join(lines)
 
 
-def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> list[dict]:
-    """Wait until the mount has no pending upload; return what is still pending at timeout."""
+def credential_lines(auth: dict | None, health: dict | None) -> list[str]:
+    """The status lines about the credentials and whether the server answers."""
+    lines = []
+    if auth and auth.get('source') != 'anonymous':
+        if auth.get('state') == 'refused':
+            text = (f'{auth.get("source")}: REFUSED since {_when(auth.get("refused_since"))} '
+                    f'({auth.get("reason")}); every call answers EACCES; remount, or replace '
+                    f'the API key file')
+        else:
+            expires = auth.get('expires')
+            text = f'{auth.get("source")}, token ' + (
+                f'expires {_when(expires)} (in {_until(expires)})' if expires else
+                'expiry unknown')
+            if auth.get('renewable'):
+                text += f'; renewed {auth.get("renewals", 0)} times'
+                if auth.get('last_renewal'):
+                    text += f', last {_when(auth["last_renewal"])}'
+            elif expires:
+                text += '; cannot be renewed (an API key can)'
+            if auth.get('last_error'):
+                text += f'; last failure: {auth["last_error"]}'
+        lines.append(f'  credentials {text}')
+    if health and health.get('unreachable_since'):
+        lines.append(f'  reachable   NO, for '
+                     f'{_duration(time.time() - health["unreachable_since"])} '
+                     f'({health.get("unreachable_reason")})')
+    return lines
+
+
+def _when(iso: str | None) -> str:
+    """'2026-11-30T16:10:05+00:00' -> '2026-11-30 16:10:05 UTC'."""
+    return iso.replace('T', ' ').replace('+00:00', ' UTC') if iso else '?'
+
+
+def _until(iso: str) -> str:
+    try:
+        left = datetime.fromisoformat(iso).timestamp() - time.time()
+    except ValueError:
+        return '?'
+    return _duration(left) if left >= 0 else f'-{_duration(-left)}'
+
+
+def wait_for_uploads(mountpoint: str, timeout: float,
+                     poll: float = 0.5) -> tuple[list[dict], str | None]:
+    """Wait until the mount has no pending upload. Return what is still pending and why: at
+    the timeout, or at once while the server refuses the mount's credentials (they cannot
+    complete then)."""
     deadline = time.monotonic() + timeout
     while True:
-        pending = read_status(mountpoint).get('pending_uploads', [])
-        if not pending or time.monotonic() >= deadline:
-            return pending
+        info = read_status(mountpoint)
+        pending = info.get('pending_uploads', [])
+        if not pending:
+            return [], None
+        if (info.get('auth') or {}).get('state') == 'refused':
+            return pending, 'the server refuses the mount\'s credentials'
+        if time.monotonic() >= deadline:
+            return pending, f'still pending after {timeout:.0f} s'
         time.sleep(poll)

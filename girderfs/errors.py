@@ -9,10 +9,13 @@ import re
 class GirderFSError(OSError):
     """An error with an errno for the FUSE layer and a one-line reason for the log."""
 
-    def __init__(self, err: int, reason: str, http_status: int | None = None) -> None:
+    def __init__(self, err: int, reason: str, http_status: int | None = None, *,
+                 body_cut: bool = False, retried: bool = False) -> None:
         super().__init__(err, reason)
         self.reason = reason
         self.http_status = http_status  # set when the server answered (after any retries)
+        self.body_cut = body_cut  # the connection broke while the answer's body was read
+        self.retried = retried  # urllib3 already retried it: callers must not multiply that
 
 
 def errno_for_status(status: int, message: str) -> int:

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from cachetools import LRUCache
+
 from .client import GirderClient
 from .errors import GirderFSError
 from .util import LockedTTLCache
@@ -172,6 +174,11 @@ class Namespace:
         # Items whose files made them directories: in large folders they stay directories after
         # their cached files expire (their files are read again at the next listing).
         self._dir_items: set[str] = set()
+        # Entry counts of the last listing of each directory, and the directories this mount
+        # removed entries from since: a listing that shrank otherwise is checked (see
+        # _load_listing).
+        self._sizes: LRUCache = LRUCache(65536)
+        self._shrinking: set[tuple[str, str | None]] = set()
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
@@ -200,7 +207,30 @@ class Namespace:
             # node kept in the parent's listing must not go on showing the old files.
             self.load_files(node)
         key = (node.kind, node.id)
-        return self._listings.get_or_load(key, lambda: self._fetch_listing(node))
+        return self._listings.get_or_load(key, lambda: self._load_listing(node, key))
+
+    def _load_listing(self, node: Node, key: tuple[str, str | None]) -> dict[str, Node]:
+        """Fetch a listing; one that lost entries is kept only once the server has confirmed
+        who we are. Girder lists only public data to an expired or revoked token, and that
+        must not look like deleted data (``rsync --delete`` would act on it)."""
+        with self._ino_lock:
+            expected = key in self._shrinking  # this mount removed or moved entries here
+            self._shrinking.discard(key)
+        auth = self.client.auth
+        for _ in range(2):
+            generation = auth.generation
+            listing = self._fetch_listing(node)
+            with self._ino_lock:
+                before = self._sizes.get(key)
+            if expected or before is None or len(listing) >= before:
+                break
+            auth.verify()  # CredentialsRefused if the server no longer knows us
+            if auth.generation == generation:
+                break  # the token it was fetched with is good: entries really went away
+            # A new token since: fetch again with it.
+        with self._ino_lock:
+            self._sizes[key] = len(listing)
+        return listing
 
     def invalidate(self, kind: str, ident: str | None) -> None:
         """Forget the cached listing of a directory (and an item's files) after a change."""
@@ -330,6 +360,7 @@ class Namespace:
         if kind not in ('collection', 'folder', 'item', 'file'):
             raise GirderFSError(errno.EPERM, f'cannot delete a {kind}')
         self.client.request('DELETE', f'{kind}/{node.id}', kind='change')
+        self._will_shrink(parent)
         self.invalidate(parent.kind, parent.id)
         self.invalidate(kind, node.id)
 
@@ -378,8 +409,16 @@ class Namespace:
             raise GirderFSError(errno.EXDEV, f'Girder cannot move a {kind} there; copy instead')
         else:
             raise GirderFSError(errno.EPERM, f'cannot move a {kind} into a {dst_parent.kind}')
+        self._will_shrink(src_parent)
         for n in (src_parent, dst_parent, node):
             self.invalidate(n.kind, n.id)
+
+    def _will_shrink(self, parent: Node) -> None:
+        """``parent``'s next listing has fewer entries because of this mount."""
+        with self._ino_lock:
+            if len(self._shrinking) > 10_000:  # (directories removed are never listed again)
+                self._shrinking.clear()
+            self._shrinking.add((parent.kind, parent.id))
 
     def _undo_item_move(self, node: Node, src_parent: Node, single: dict | None) -> None:
         try:

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from .auth import CredentialsRefused
 from .errors import GirderFSError
 from .fuselib import CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
 from .namespace import Namespace, Node, fetched_at
@@ -31,17 +32,30 @@ XATTR_CREATE, XATTR_REPLACE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 ATIMES_MAX = 100_000
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
+# Calls on open files, which work while the credentials are refused (see fuse_op).
+ON_OPEN_FILES = frozenset({'read', 'read_buf', 'write', 'flush', 'fsync', 'release', 'statfs'})
 
 
 def fuse_op(func: F) -> F:
-    """Turn every failure into an errno with one log line; never let a traceback escape."""
+    """Turn every failure into an errno with one log line; never let a traceback escape.
+
+    While the server refuses the mount's credentials every call answers EACCES (the credentials
+    say so once in the log), except the status file and calls on files already open: their
+    local data stays readable and writable, and a close that must upload fails and keeps the
+    data in the journal.
+    """
+    gated = func.__name__ not in ON_OPEN_FILES
 
     @functools.wraps(func)
     def wrapper(self, path, *args, **kwargs):
         try:
+            if gated and path is not None and path != STATUS_PATH:
+                self.credentials.check()
             return func(self, path, *args, **kwargs)
         except GirderFSError as exc:
-            level = logging.DEBUG if exc.errno in (errno.ENOENT, errno.ENODATA) else logging.WARNING
+            quiet = exc.errno in (errno.ENOENT, errno.ENODATA) or isinstance(exc,
+                                                                            CredentialsRefused)
+            level = logging.DEBUG if quiet else logging.WARNING
             log.log(level, '%s %s: %s', func.__name__, path, exc.reason)
             raise mfusepy.FuseOSError(exc.errno) from None
         except mfusepy.FuseOSError:
@@ -117,6 +131,7 @@ class GirderOperations(mfusepy.Operations):
         self.reader = reader
         self.writer = writer  # None: a read-only mount
         self.xattrs = Xattrs(namespace)
+        self.credentials = namespace.client.auth
         self.attr_timeout = attr_timeout
         self.max_read = max_read
         self.splice = splice

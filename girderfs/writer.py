@@ -88,6 +88,7 @@ class Writer:
         self._table: dict[str, Dirty] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # retry pending uploads now (or stop)
         self._retry_thread: threading.Thread | None = None
         self.uploaded_bytes = 0
 
@@ -219,9 +220,12 @@ class Writer:
             try:
                 self._upload(d)
             except GirderFSError as exc:
+                # Once per reason: background retries of the same failure (a long outage,
+                # refused credentials) must not fill the log.
+                log.log(logging.ERROR if exc.reason != d.error else logging.DEBUG,
+                        'upload of %s failed, kept in the spool for retry: %s', d.path,
+                        exc.reason)
                 d.error = exc.reason
-                log.error('upload of %s failed, kept in the spool for retry: %s', d.path,
-                          exc.reason)
                 self._ensure_retry_thread()
                 raise
 
@@ -501,9 +505,19 @@ class Writer:
                                                   name='girderfs-upload-retry', daemon=True)
             self._retry_thread.start()
 
+    def kick(self) -> None:
+        """Retry pending uploads now: the server answers again, or accepts us again."""
+        if any(d.modified and not d.deleted for d in self.pending()):
+            self._ensure_retry_thread(now=True)
+            self._wake.set()
+
     def _retry_loop(self, now: bool) -> None:
         delay = 0.0 if now else self.retry_interval
-        while not self._stop.wait(delay):
+        while True:
+            self._wake.wait(delay)
+            self._wake.clear()
+            if self._stop.is_set():
+                return
             todo = [d for d in self.pending() if d.modified and not d.deleted]
             if not todo:
                 return
@@ -518,17 +532,9 @@ class Writer:
                     log.error('retrying upload of %s: %s', d.path, exc)
             delay = self.retry_interval
 
-    def wait_idle(self, timeout: float) -> bool:
-        """Wait until no upload is pending; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not any(d.modified for d in self.pending()):
-                return True
-            time.sleep(0.1)
-        return False
-
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         for d in self.pending():
             with d.lock:
                 if d.fd >= 0:

@@ -11,6 +11,7 @@
     proxy.add('cut', path=r'/download', count=1)                 # send half the response body
     proxy.add('stall', count=1, seconds=5)                       # say nothing for 5 s, hang up
     proxy.add('stall_after', path=r'/file/chunk', count=1, seconds=30)  # forward; answer nothing
+    proxy.down(); proxy.up()                                     # refuse connections, then not
     proxy.clear(); proxy.stop()
 
 Rules are tried in the order they were added; the first one that matches (``method``, a regex
@@ -205,18 +206,36 @@ class FaultProxy:
                     and (rx is None or rx.search(e[1]))]
 
     def start(self) -> FaultProxy:
-        self._sock = socket.socket()
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind(('127.0.0.1', 0))
-        self._sock.listen(64)
-        self.port = self._sock.getsockname()[1]
-        threading.Thread(target=self._accept, name='faultproxy', daemon=True).start()
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(('127.0.0.1', self.port))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        self._sock = sock
+        threading.Thread(target=self._accept, args=(sock,), name='faultproxy',
+                         daemon=True).start()
         return self
+
+    def down(self) -> None:
+        """Refuse every connection, like a server that is down, until ``up()``."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            _close(sock)  # shutdown first: a close alone leaves a blocked accept() accepting
+        self._close_connections()
+        self._record('-', '-', 'down')
+
+    def up(self) -> None:
+        """Accept connections again, on the same port."""
+        self.start()
+        self._record('-', '-', 'up')
 
     def stop(self) -> None:
         self._stop.set()
         if self._sock is not None:
             self._sock.close()
+        self._close_connections()
+
+    def _close_connections(self) -> None:
         with self._lock:
             conns = list(self._conns)
         for s in conns:
@@ -245,10 +264,10 @@ class FaultProxy:
         with self._lock:
             self.log.append((method, target, outcome))
 
-    def _accept(self) -> None:
+    def _accept(self, sock: socket.socket) -> None:
         while not self._stop.is_set():
             try:
-                conn, _ = self._sock.accept()
+                conn, _ = sock.accept()
             except OSError:
                 return
             with self._lock:

@@ -149,7 +149,8 @@ class Mounter:
         self.mounts: list[Mount] = []
 
     def __call__(self, url: str, *args: str, cache_dir: Path | None = None,
-                 point: Path | None = None) -> Mount:
+                 point: Path | None = None, env: dict | None = None) -> Mount:
+        """Mount ``url``; credentials from ``env`` if given, else the token as GIRDER_TOKEN."""
         n = len(self.mounts)
         point = point or self.base / f'pmnt{n}'
         try:
@@ -158,7 +159,8 @@ class Mounter:
             pass
         cache = cache_dir or self.base / f'pcache{n}'
         res = run_girderfs('mount', url, str(point), '--cache-dir', str(cache),
-                           '--log-level', 'DEBUG', *args, env={'GIRDER_TOKEN': self.token})
+                           '--log-level', 'DEBUG', *args,
+                           env=env if env is not None else {'GIRDER_TOKEN': self.token})
         assert res.returncode == 0, f'mount failed: {res.stderr}'
         m = Mount(point, cache)
         self.mounts.append(m)

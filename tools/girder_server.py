@@ -172,10 +172,13 @@ class GirderServer:
         r.raise_for_status()
         return r.json()['authToken']['token']
 
-    def api_key(self, token: str | None = None) -> str:
-        key = self.api('POST', 'api_key', token=token,
-                       params={'name': 'girderfs-test', 'tokenDuration': 30})
-        return key['key']
+    def api_key(self, token: str | None = None, days: float = 30) -> str:
+        """A new API key of the token's user; its tokens last ``days`` (may be a fraction)."""
+        return self.api_key_doc(token, days)['key']
+
+    def api_key_doc(self, token: str | None = None, days: float = 30) -> dict:
+        return self.api('POST', 'api_key', token=token,
+                        params={'name': 'girderfs-test', 'tokenDuration': days})
 
     def collection(self, name: str, public: bool = True) -> dict:
         return self.api('POST', 'collection', params={'name': name, 'public': str(public).lower()})
