@@ -87,11 +87,11 @@ def mutating(func: F) -> F:
 class Handle:
     """An open file: a remote file and how it is being read, local changes, or a snapshot."""
 
-    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed', 'node')
+    __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed', 'node', 'append')
 
     def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
                  dirty: Dirty | None = None, writable: bool = False,
-                 node: Node | None = None) -> None:
+                 node: Node | None = None, append: bool = False) -> None:
         self.remote = remote
         self.node = node  # what the path showed when it was opened for reading
         self.stream = Stream()
@@ -99,6 +99,7 @@ class Handle:
         self.dirty = dirty
         self.writable = writable  # opened for writing: its close() uploads local changes
         self.flushed = False  # close() (FUSE flush) came: it uploaded or reported the failure
+        self.append = append  # O_APPEND: every write goes to the end of the local content
 
 
 def check_new_name(name: str) -> None:
@@ -190,7 +191,7 @@ class GirderOperations(mfusepy.Operations):
         if d is not None:
             return self._dirty_attr(d)
         handle = self._open_reader(fh)
-        if handle is not None:
+        if handle is not None and self.reader.current(handle.remote) is handle.remote:
             # The kernel asks again every attribute timeout while a file is read. Resolving
             # the path would fetch every listing along it once they expired, and in a small
             # folder every item's files: 13 requests per 5 s to read one file of a folder of
@@ -268,7 +269,8 @@ class GirderOperations(mfusepy.Operations):
             if fi.flags & os.O_TRUNC:
                 self.writer.truncate(d, 0)
             fi.keep_cache = 0
-            fi.fh = self._new_handle(Handle(dirty=d, writable=writing))
+            fi.fh = self._new_handle(Handle(dirty=d, writable=writing,
+                                            append=bool(fi.flags & os.O_APPEND)))
             return 0
         node = self.ns.resolve(path)
         if node.is_dir:
@@ -280,7 +282,8 @@ class GirderOperations(mfusepy.Operations):
                 raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
-                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC)), writable=True))
+                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC)), writable=True,
+                append=bool(fi.flags & os.O_APPEND)))
             return 0
         ino = self.ns.inode(node)
         with self._handles_lock:
@@ -339,8 +342,15 @@ class GirderOperations(mfusepy.Operations):
             return [handle.data[offset:offset + size]]
         d = handle.dirty or (self.writer.get(path) if self.writer and path else None)
         if d is not None:
-            return [self.writer.read(d, size, offset)]
-        return self.reader.read_parts(handle.remote, offset, size, handle.stream)
+            data = self.writer.read(d, size, offset)
+            if data is not None:
+                return [data]
+            # Another handle's changes, uploaded and dropped meanwhile: on the server now.
+            if handle.remote is None:
+                raise GirderFSError(errno.EIO, f'{path}: its local changes are gone')
+        remote = self.reader.current(handle.remote)
+        handle.remote = remote
+        return self.reader.read_parts(remote, offset, size, handle.stream)
 
     @fuse_op
     def release(self, path: str, fi: Any) -> int:
@@ -488,7 +498,8 @@ class GirderOperations(mfusepy.Operations):
         else:
             d = self.writer.start(path, parent_kind, parent.id, name)
         fi.keep_cache = 0
-        fi.fh = self._new_handle(Handle(dirty=d, writable=True))
+        fi.fh = self._new_handle(Handle(dirty=d, writable=True,
+                                        append=bool(fi.flags & os.O_APPEND)))
         return 0
 
     @mutating
@@ -502,7 +513,10 @@ class GirderOperations(mfusepy.Operations):
         handle = self._handle(fi.fh)
         if handle.dirty is None:
             raise GirderFSError(errno.EBADF, 'file not open for writing')
-        return self.writer.write(handle.dirty, data, offset)
+        # O_APPEND: the kernel puts the write at its cached size, which another handle's
+        # change (or a listing read meanwhile) may have left behind the real end: that
+        # overwrote earlier appends. Appends go to the end of the content we hold.
+        return self.writer.write(handle.dirty, data, None if handle.append else offset)
 
     @mutating
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
@@ -689,6 +703,8 @@ class GirderOperations(mfusepy.Operations):
             and not d.set_mtime_ns and not d.pending_meta
         if not patch:
             self.ns.invalidate(d.parent_kind, d.parent_id)
+        if d.file_id is not None:
+            self.reader.replaced(file_doc)  # handles opened before now read the new content
         if item_id:
             self.ns.invalidate('item', item_id)
             self.ns.alias_inode(('item' if d.parent_kind == 'folder' else 'file',

@@ -140,12 +140,34 @@ class Reader:
         self.verify_ttl = verify_ttl
         self._counts = {'memory': 0, 'disk': 0, 'network': 0}  # blocks served, by source
         self._verified: dict[str, float] = {}  # content key -> when the server confirmed it
+        # file id -> the content this mount last uploaded into it (see ``current``)
+        self._replaced: OrderedDict[str, RemoteFile] = OrderedDict()
         self._demand = ThreadPoolExecutor(workers, thread_name_prefix='girderfs-fetch')
         self._prefetch = ThreadPoolExecutor(prefetch_workers, thread_name_prefix='girderfs-pre')
         self._advise = ThreadPoolExecutor(2, thread_name_prefix='girderfs-advise')
         self._buffers = threading.local()
 
     # --- public ---------------------------------------------------------------------------
+    def replaced(self, doc: dict) -> None:
+        """This mount uploaded new content into the Girder file ``doc`` describes."""
+        f = RemoteFile.from_doc(doc, time.monotonic())
+        with self._lock:
+            self._replaced[f.file_id] = f
+            self._replaced.move_to_end(f.file_id)
+            if len(self._replaced) > 10000:
+                self._replaced.popitem(last=False)
+
+    def current(self, f: RemoteFile) -> RemoteFile:
+        """``f``, or the content this mount has since uploaded into the same file.
+
+        A handle opened before a write through this mount must then read and stat the new
+        content, as on a local disk, not fail with ESTALE or report the old size (which the
+        kernel would take as the file's size, cutting later reads short).
+        """
+        with self._lock:
+            newer = self._replaced.get(f.file_id)
+        return newer if newer is not None and newer.ckey != f.ckey else f
+
     def read(self, f: RemoteFile, offset: int, size: int, stream: Stream | None = None) -> bytes:
         return join_parts(self.read_parts(f, offset, size, stream))
 

@@ -179,8 +179,11 @@ class Writer:
             d.handles += 1
 
     # --- data -----------------------------------------------------------------------------
-    def write(self, d: Dirty, data: bytes, offset: int) -> int:
+    def write(self, d: Dirty, data: bytes, offset: int | None) -> int:
+        """Write ``data`` at ``offset`` (None: at the end, as O_APPEND does)."""
         with d.lock:
+            if offset is None:
+                offset = d.size
             first_change = not d.modified or d.upload_id is not None
             n = os.pwrite(d.fd, data, offset)
             d.size = max(d.size, offset + n)
@@ -190,9 +193,10 @@ class Writer:
                 self._changed(d)
             return n
 
-    def read(self, d: Dirty, size: int, offset: int) -> bytes:
+    def read(self, d: Dirty, size: int, offset: int) -> bytes | None:
+        """Bytes of the spool; None if it is gone (uploaded and forgotten meanwhile)."""
         with d.lock:
-            return os.pread(d.fd, size, offset)
+            return None if d.fd < 0 else os.pread(d.fd, size, offset)
 
     def truncate(self, d: Dirty, length: int) -> None:
         with d.lock:
