@@ -320,12 +320,15 @@ class Writer:
             self._remove_files(d)
 
     # --- upload ---------------------------------------------------------------------------
-    def _upload(self, d: Dirty) -> None:
+    def _upload(self, d: Dirty, damaged: int = 0) -> None:
         os.fsync(d.fd)  # the spool must survive a reboot before the server has it
         size = os.fstat(d.fd).st_size
         offset = 0
+        # Resuming an upload someone else sent chunks of (an earlier attempt or mount) is where
+        # the server can be left with wrong bytes (see _settled_offset): checked at the end.
+        resumed_any = bool(d.upload_id)
         if d.upload_id:
-            resumed = self._resume_offset(d, size)
+            resumed = self._settled_offset(d, size)
             if resumed is None:
                 # Gone from the server: finished (its last answer lost, or the mount died just
                 # after) or dropped. Starting over when finished would make a second copy.
@@ -369,12 +372,26 @@ class Writer:
                     raise
                 log.warning('upload of %s: %s; resuming', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
+                resumed_any = True
                 resumed = self._resume_offset(d, size)
                 if resumed is None:
-                    return self._upload(d)  # which checks whether the server finished it
+                    return self._upload(d, damaged)  # which checks if the server finished it
                 offset = resumed
         if doc is None or doc.get('_modelType') != 'file':
             raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
+        if resumed_any and doc.get('sha512') and doc['sha512'] != self._spool_sha512(d, size):
+            # Girder appends each chunk to its temporary file and takes the file's length as
+            # the offset to resume from, so a chunk of the earlier attempt still arriving (held
+            # by a proxy, say) interleaves with ours. Send the whole content again, into the
+            # same file (its id stays).
+            if damaged >= 2:
+                raise GirderFSError(errno.EIO, f'upload of {d.path} arrived damaged on the '
+                                               f'server three times (sha512 differs)')
+            log.error('upload of %s arrived damaged on the server (sha512 differs from the '
+                      'spool); sending it again', d.path)
+            d.file_id, d.upload_id = doc['_id'], None
+            self.save_journal(d)
+            return self._upload(d, damaged + 1)
         self._finish(d, doc)
 
     def _begin(self, d: Dirty, size: int) -> dict | None:
@@ -397,6 +414,24 @@ class Writer:
                     raise
                 log.warning('upload of %s: %s; retrying', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
+
+    def _settled_offset(self, d: Dirty, size: int, quiet: float = 1.0,
+                        bound: float = 30.0) -> int | None:
+        """The server's offset of an upload an earlier attempt (or mount) sent chunks of, once
+        it stops moving: a chunk of that attempt may still be arriving (a proxy or balancer
+        forwarding it after the sender died), and chunks sent meanwhile would interleave with
+        it in the server's temporary file. Waits ``quiet`` s, at most ``bound`` s."""
+        offset = self._resume_offset(d, size)
+        deadline = time.monotonic() + bound
+        while offset is not None and time.monotonic() < deadline:
+            time.sleep(quiet)
+            again = self._resume_offset(d, size)
+            if again == offset:
+                break
+            log.info('upload %s of %s is still receiving bytes from an earlier attempt; waiting',
+                     d.upload_id, d.path)
+            offset = again
+        return offset
 
     def _resume_offset(self, d: Dirty, size: int) -> int | None:
         """Where the server's copy of the upload ends; None if the server has no such upload."""

@@ -11,6 +11,7 @@
     proxy.add('cut', path=r'/download', count=1)                 # send half the response body
     proxy.add('stall', count=1, seconds=5)                       # say nothing for 5 s, hang up
     proxy.add('stall_after', path=r'/file/chunk', count=1, seconds=30)  # forward; answer nothing
+    proxy.add('corrupt', path=r'/file/chunk', count=1)          # forward with a body byte flipped
     proxy.down(); proxy.up()                                     # refuse connections, then not
     proxy.clear(); proxy.stop()
 
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 ACTIONS = frozenset({'status', 'fail_after', 'delay', 'drop', 'cut', 'stall', 'stall_after',
-                     'answer'})
+                     'answer', 'corrupt'})
 BUF = 1 << 16
 
 
@@ -320,7 +321,10 @@ class FaultProxy:
                         self._conns.add(upstream)
                     up_reader = _Reader(upstream)
                 upstream.sendall(raw_head)
+                flip = action == 'corrupt'  # (Content-Length bodies only)
                 for data in _body(r, headers):
+                    if flip and data:
+                        data, flip = bytes([data[0] ^ 0xFF]) + data[1:], False
                     upstream.sendall(data)
                 status_line, rheaders, rraw = _read_head(up_reader)
                 status = int(status_line.split()[1])

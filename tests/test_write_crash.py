@@ -217,6 +217,25 @@ def test_upload_survives_503s_and_dropped_requests(girder, area, proxy, mounter)
     assert pending(m) == ([], [])
 
 
+def test_a_resumed_upload_that_arrives_damaged_is_sent_again(girder, area, proxy, mounter):
+    """Girder's temporary file can end up with wrong bytes when an upload is resumed while a
+    chunk of the earlier attempt still arrives; the mount compares sha512s at the end."""
+    folder, gp = area
+    proxy.add('status', method='POST', path=chunk_at(0), count=1)  # a resume...
+    proxy.add('corrupt', method='POST', path=chunk_at(5 * MiB), count=1)  # ...and bad bytes
+    m = mounter(proxy.url, '--upload-chunk-size', '5M')
+    data = random.Random(4).randbytes(12 * MiB)
+    assert write_through(m.path / gp.lstrip('/') / 'd.bin', data) is None
+    assert [r.fired for r in proxy.rules] == [1, 1]
+    assert server_digest(girder, f'{gp}/d.bin') == hashlib.sha512(data).hexdigest()
+    # sent again into the same file (PUT contents), not as a second file or item
+    assert len(proxy.requests('POST', r'/file\?')) == 1
+    assert len(proxy.requests('PUT', r'/file/[0-9a-f]+/contents')) == 1
+    assert len(item_files(girder, lookup(girder, f'{gp}/d.bin')['_id'])) == 1
+    assert 'arrived damaged' in (m.cache_dir / 'girderfs.log').read_text()
+    assert pending(m) == ([], [])
+
+
 def test_last_chunk_lost_response_does_not_duplicate(girder, area, proxy, mounter):
     """The server finished the file, but its answer to the last chunk was lost."""
     folder, gp = area
