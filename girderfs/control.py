@@ -91,7 +91,7 @@ def format_status(mountpoint: str, info: dict) -> str:
         f'{_size(info.get("uploaded_bytes", 0))} up; {stats.get("requests", 0)} requests, '
         f'{stats.get("retries", 0)} retries',
     ]
-    lines[2:2] = credential_lines(info.get('auth'), info.get('health'))
+    lines[3:3] = credential_lines(info.get('auth'), info.get('health'))
     pending = info.get('pending_uploads', [])
     lines.append(f'  uploads     {len(pending)} pending')
     for p in pending:
