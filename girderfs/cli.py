@@ -1,14 +1,13 @@
-"""Command line: ``girderfs mount URL MOUNTPOINT`` and ``girderfs unmount MOUNTPOINT``."""
+"""Command line: ``girderfs mount|unmount|status|refresh``. It checks what the user gave, logs
+in, forks and reports in one line; ``mount.py`` builds and runs the mount itself."""
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import errno
 import getpass
 import logging
 import os
-import re
 import select
 import shutil
 import signal
@@ -19,86 +18,15 @@ import threading
 import time
 
 from .errors import GirderFSError
+from .options import build_parser, default_cache_dir
 
 log = logging.getLogger('girderfs')
 
 READY_TIMEOUT = 60.0
-SIZE_UNITS = {'': 1, 'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30, 'T': 1 << 40}
 
 
 class CliError(Exception):
     """A problem to report to the user in one line, with exit status 1."""
-
-
-def parse_size(text: str) -> int:
-    m = re.fullmatch(r'\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*', text, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f'not a size: {text!r} (examples: 512M, 10G)')
-    return int(float(m.group(1)) * SIZE_UNITS[m.group(2).upper()])
-
-
-def default_cache_dir() -> str:
-    base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-    return os.path.join(base, 'girderfs')
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='girderfs',
-                                description='Mount a Girder server as a filesystem.')
-    sub = p.add_subparsers(dest='command', required=True)
-
-    m = sub.add_parser('mount', help='mount a Girder server')
-    m.add_argument('api_url', help='Girder API URL, like http://host:8080/api/v1')
-    m.add_argument('mountpoint')
-    m.add_argument('--root', help='Girder path to mount instead of the top, like /collection/Data')
-    m.add_argument('--foreground', '-f', action='store_true', help='stay in the foreground')
-    m.add_argument('--read-only', action='store_true', help='refuse every change (EROFS)')
-    m.add_argument('--upload-chunk-size', type=parse_size, default=parse_size('64M'),
-                   help='bytes per upload request (default 64M)')
-    m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
-    m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
-                   help='bound of the block cache, LRU (default 10G)')
-    m.add_argument('--block-size', type=parse_size, default=parse_size('1M'),
-                   help='cache block size (default 1M)')
-    m.add_argument('--read-ahead', type=parse_size, default=None,
-                   help='kernel read-ahead of the mount when run as root (default: the FUSE '
-                        'read size, about 1M)')
-    m.add_argument('--attr-timeout', type=float, default=5.0,
-                   help='seconds listings and attributes are cached (default 5)')
-    m.add_argument('--item-check', type=int, default=256,
-                   help='in folders with at most this many items, read every item\'s files at '
-                        'listing time (default 256)')
-    m.add_argument('--log-level', default='INFO',
-                   choices=['DEBUG', 'INFO', 'WARNING', 'ERROR'])
-    m.add_argument('--log-file', help='log file (default: CACHE_DIR/girderfs.log in background)')
-    m.add_argument('-o', dest='fuse_options', action='append', default=[],
-                   help='FUSE mount options, comma separated (for example allow_other)')
-    m.add_argument('--api-key-file', help='file holding a Girder API key')
-    m.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
-                                      'or a prompt)')
-    m.add_argument('--ca-bundle', help='CA bundle for TLS verification')
-    m.add_argument('--on-upload', action='append', default=[], metavar="'METHOD ENDPOINT'",
-                   help='call this Girder endpoint after each upload; may use {fileId}, '
-                        '{itemId}, {folderId}, {path} (repeatable)')
-    m.add_argument('--timeout', type=float, default=60.0,
-                   help='seconds to wait for the server on one request (default 60)')
-
-    u = sub.add_parser('unmount', help='unmount a girderfs mount')
-    u.add_argument('mountpoint')
-    u.add_argument('--lazy', '-z', action='store_true', help='detach now, clean up when unused')
-    u.add_argument('--force', action='store_true',
-                   help='do not wait for pending uploads (they stay in the journal)')
-    u.add_argument('--timeout', type=float, default=3600,
-                   help='seconds to wait for pending uploads (default 3600)')
-
-    st = sub.add_parser('status', help='show what running mounts are doing')
-    st.add_argument('mountpoint', nargs='?')
-    st.add_argument('--json', action='store_true', help='print the raw status as JSON')
-
-    r = sub.add_parser('refresh', help='drop cached listings and attributes of a mount')
-    r.add_argument('path', nargs='?', default='.',
-                   help='a path in the mount (default: the current directory)')
-    return p
 
 
 # --- credentials ---------------------------------------------------------------------------
@@ -158,17 +86,9 @@ def check_server(client) -> str:
 
 
 def mounted_paths() -> set[str]:
-    from .control import _unescape
+    from .control import mount_table
 
-    paths = set()
-    try:
-        with open('/proc/self/mountinfo', encoding='utf-8') as fh:
-            for line in fh:
-                # (not .decode('unicode_escape'): that garbles every non-ASCII path)
-                paths.add(_unescape(line.split()[4]))
-    except OSError:
-        pass
-    return paths
+    return {point for point, _ in mount_table()}
 
 
 def check_mountpoint(path: str, cleaned: bool = False) -> str:
@@ -231,12 +151,13 @@ def setup_logging(level: str, log_file: str | None) -> None:
 def cmd_mount(args: argparse.Namespace) -> int:
     from .client import GirderClient
     from .hooks import parse_hook
+    from .mount import MountConfig
     from .namespace import root_node
 
     cache_dir = os.path.abspath(args.cache_dir or default_cache_dir())
     setup_logging(args.log_level if args.foreground else 'WARNING', None)
     try:
-        args.hooks = [parse_hook(h) for h in args.on_upload]
+        hooks = [parse_hook(h) for h in args.on_upload]
     except ValueError as exc:
         raise CliError(str(exc)) from None
     mountpoint = check_mountpoint(args.mountpoint)
@@ -254,35 +175,44 @@ def cmd_mount(args: argparse.Namespace) -> int:
     except OSError as exc:
         raise CliError(f'cache dir {cache_dir}: {exc.strerror}') from None
 
-    user = (client.user or {}).get('login') or 'anonymous'
-    settings = dict(api_url=args.api_url, credentials=client.auth, verify=verify, root=root,
-                    mountpoint=mountpoint, cache_dir=cache_dir, args=args, user=user,
-                    version=version)
+    config = MountConfig(
+        api_url=args.api_url, cache_dir=cache_dir, mountpoint=mountpoint,
+        credentials=client.auth, root=root, verify=verify, timeout=args.timeout,
+        cache_size=args.cache_size, block_size=args.block_size, attr_timeout=args.attr_timeout,
+        item_check=args.item_check, read_only=args.read_only,
+        upload_chunk_size=args.upload_chunk_size, read_ahead=args.read_ahead, hooks=hooks,
+        fuse_options=args.fuse_options, user=(client.user or {}).get('login') or 'anonymous',
+        version=version)
+    client.session.close()  # the mount makes its own client; this one's sockets go now
     if args.foreground:
+        from .mount import run
+
         log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who, mountpoint)
-        return run_mount(settings, Ready(None))
-    return daemonize(settings, version, who)
+        return run(config, Ready(None).tell)
+    return daemonize(config, args, who)
 
 
-def daemonize(settings: dict, version: str, who: str) -> int:
+def daemonize(config, args: argparse.Namespace, who: str) -> int:
     """Fork; the parent returns once the mount is ready (or reports why it failed)."""
-    args = settings['args']
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
         os.close(rfd)
         os.setsid()
-        log_file = args.log_file or os.path.join(settings['cache_dir'], 'girderfs.log')
+        log_file = args.log_file or os.path.join(config.cache_dir, 'girderfs.log')
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        os.close(null)
         setup_logging(args.log_level, log_file)
-        log.info('mounting %s (Girder %s, %s) on %s', args.api_url, version, who,
-                 settings['mountpoint'])
+        log.info('mounting %s (Girder %s, %s) on %s', config.api_url, config.version, who,
+                 config.mountpoint)
         status = 1
         ready = Ready(wfd)
         try:
-            status = run_mount(settings, ready)
+            from .mount import run
+
+            status = run(config, ready.tell)
         except BaseException as exc:  # report to the waiting parent, then exit
             log.error('mount failed: %s', exc)
             ready.tell(f'mount failed: {exc}')
@@ -293,7 +223,7 @@ def daemonize(settings: dict, version: str, who: str) -> int:
         readable, _, _ = select.select([pipe], [], [], READY_TIMEOUT)
         message = pipe.read() if readable else ''
     if message.strip() == 'ready':
-        print(f'girderfs: mounted {args.api_url} on {settings["mountpoint"]}')
+        print(f'girderfs: mounted {config.api_url} on {config.mountpoint}')
         return 0
     if not readable:
         os.kill(pid, signal.SIGTERM)
@@ -320,129 +250,6 @@ class Ready:
             os.close(fd)
         except OSError:
             pass
-
-
-def run_mount(settings: dict, ready: Ready) -> int:
-    """Build the layers and run the FUSE loop until unmounted."""
-    from .cache import BlockStore
-    from .client import GirderClient
-    from .fuselib import FUSE, set_read_ahead, splice_read_size
-    from .hooks import UploadHooks
-    from .namespace import Namespace
-    from .operations import GirderOperations
-    from .reader import Reader
-    from .writer import Writer
-
-    args = settings['args']
-    os.umask(0o077)  # cache files and logs are the owner's only
-    _tune_malloc()
-    # SIGHUP drops every cached listing (girderfs refresh). libfuse would treat it as "exit":
-    # block it before any thread starts, so every thread inherits the block, and take it in a
-    # thread of our own (on_hup below).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    # The credentials come from the parent (it logged in); their thread starts here, after the
-    # fork, and renews the token for the life of the mount.
-    client = GirderClient(settings['api_url'], read_timeout=args.timeout,
-                          verify=settings['verify'], credentials=settings['credentials'])
-    client.auth.start()
-    store = BlockStore(os.path.join(settings['cache_dir'], 'blocks'), args.cache_size,
-                       args.block_size)
-    ns = Namespace(client, settings['root'], ttl=args.attr_timeout, item_check=args.item_check,
-                   read_only=args.read_only)
-    reader = Reader(client, store, verify_ttl=args.attr_timeout)
-    writer = None
-    if not args.read_only:
-        writer = Writer(client, settings['cache_dir'], chunk_size=args.upload_chunk_size)
-    options = {'fsname': 'girderfs', 'subtype': 'girderfs', 'ro': args.read_only,
-               'max_read': splice_read_size()}
-    for group in args.fuse_options:
-        for opt in filter(None, group.split(',')):
-            key, _, value = opt.partition('=')
-            options[key] = value if value else True
-    if options.get('allow_other'):
-        options['default_permissions'] = True
-    max_read = int(options['max_read'])
-    ops = GirderOperations(ns, reader, writer, attr_timeout=args.attr_timeout, max_read=max_read)
-    hooks = UploadHooks(client, args.hooks)
-    if writer is not None:
-        def uploaded(d, file_doc):
-            ops.uploaded(d, file_doc)
-            hooks.submit(d, file_doc)
-
-        writer.on_uploaded = uploaded
-        # Uploads that failed wait in the journal: retry them as soon as the server answers
-        # again or accepts our credentials again, not only every 30 s.
-        client.on_reachable.append(writer.kick)
-        client.auth.on_recovered.append(writer.kick)
-        writer.recover()  # pending uploads of an earlier mount: visible now, uploaded soon
-    client.on_reachable.append(client.auth.kick)  # a renewal that failed: try again now
-    started = time.time()
-
-    def status() -> dict:
-        return {'api_url': settings['api_url'], 'user': settings['user'],
-                'girder_version': settings['version'], 'pid': os.getpid(), 'started': started,
-                'mountpoint': settings['mountpoint'], 'cache_dir': settings['cache_dir'],
-                'cache_limit': args.cache_size, 'read_only': args.read_only,
-                'reads': reader.counts(),
-                'uploaded_bytes': writer.uploaded_bytes if writer else 0,
-                'pending_uploads': writer.progress() if writer else [],
-                'auth': client.auth.status(), 'health': client.health(), **hooks.status()}
-
-    ops.status_provider = status
-
-    def on_hup() -> None:
-        while True:
-            signal.sigwait({signal.SIGHUP})
-            ns.clear()
-            client.auth.kick()  # refused credentials: try the (replaced) key file now
-            log.info('SIGHUP: cached listings and attributes dropped')
-
-    threading.Thread(target=on_hup, name='girderfs-sighup', daemon=True).start()
-    original = ops.init_with_config
-
-    def init_and_tell(conn, config):
-        original(conn, config)
-        # Kernel tuning needs the loop running (it stats the mountpoint): do it from a thread.
-        threading.Thread(target=after_ready, daemon=True).start()
-
-    def after_ready():
-        try:
-            os.stat(settings['mountpoint'])  # answered by the loop, unless it failed after init
-        except OSError as exc:
-            log.error('the mount does not answer: %s', exc)
-            ready.tell(f'FUSE could not mount {settings["mountpoint"]}: {exc}')
-            return
-        set_read_ahead(settings['mountpoint'], (args.read_ahead or max_read) // 1024)
-        ready.tell('ready')
-        store.sweep_orphans()
-
-    ops.init_with_config = init_and_tell
-    try:
-        FUSE(ops, settings['mountpoint'], raw_fi=True, foreground=True, nothreads=False,
-                     **options)
-    except RuntimeError as exc:
-        log.error('FUSE failed: %s', exc)
-        ready.tell(f'FUSE could not mount {settings["mountpoint"]} (see the log)')
-        return 1
-    finally:
-        client.auth.stop()
-        store.close()
-    return 0
-
-
-def _tune_malloc() -> None:
-    """Keep the mount's memory bounded while it moves 1 MiB blocks through many threads.
-
-    glibc raises its mmap threshold after freeing large chunks, after which 1 MiB buffers come
-    from the heap and fragment it; a fixed threshold returns each freed block at once, and fewer
-    arenas limit per-thread heaps (measured: peak RSS 184 MiB with 8 parallel readers before).
-    """
-    try:
-        libc = ctypes.CDLL('libc.so.6', use_errno=True)
-        libc.mallopt(-3, 256 * 1024)  # M_MMAP_THRESHOLD
-        libc.mallopt(-8, 4)  # M_ARENA_MAX
-    except (OSError, AttributeError):
-        pass
 
 
 def cmd_unmount(args: argparse.Namespace) -> int:

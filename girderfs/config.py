@@ -18,6 +18,8 @@ from __future__ import annotations
 import os
 import tomllib
 
+from .options import mount_value_flags
+
 # profile key / -o option -> command line flag (value given)
 VALUE_FLAGS = {
     'api_key_file': '--api-key-file', 'username': '--username', 'root': '--root',
@@ -106,11 +108,7 @@ def expand_profile(argv: list[str]) -> list[str]:
 def _first_positional(argv: list[str]) -> int | None:
     """Index of the first positional argument after ``mount`` (skipping option values, so
     ``mount --cache-dir DIR NAME MP`` finds NAME, not DIR)."""
-    from .cli import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if a.dest == 'command').choices['mount']
-    takes_value = {s for a in sub._actions if a.nargs != 0 for s in a.option_strings}
+    takes_value = mount_value_flags()
     i = 1
     while i < len(argv):
         a = argv[i]

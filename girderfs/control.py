@@ -27,18 +27,23 @@ def _unescape(field: str) -> str:
     return ''.join(out)
 
 
-def find_mounts() -> list[str]:
-    """Mountpoints of girderfs filesystems visible to this process."""
-    found = []
+def mount_table() -> list[tuple[str, str]]:
+    """(mountpoint, filesystem type) of every mount this process sees (/proc/self/mountinfo)."""
+    table = []
     try:
         with open('/proc/self/mountinfo', encoding='utf-8') as fh:
             for line in fh:
                 left, _, right = line.partition(' - ')
-                if right.split(' ', 1)[0] == 'fuse.girderfs':
-                    found.append(_unescape(left.split()[4]))
+                # (not .decode('unicode_escape'): that garbles every non-ASCII path)
+                table.append((_unescape(left.split()[4]), right.split(' ', 1)[0]))
     except OSError:
         pass
-    return found
+    return table
+
+
+def find_mounts() -> list[str]:
+    """Mountpoints of girderfs filesystems visible to this process."""
+    return [point for point, kind in mount_table() if kind == 'fuse.girderfs']
 
 
 def mount_of(path: str) -> str | None:

@@ -127,7 +127,8 @@ class GirderOperations(mfusepy.Operations):
     use_ns = True
 
     def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None = None, *,
-                 attr_timeout: float, max_read: int = 1 << 20, splice: bool = True) -> None:
+                 attr_timeout: float, max_read: int = 1 << 20, splice: bool = True,
+                 on_init: Callable[[], None] | None = None) -> None:
         self.ns = namespace
         self.reader = reader
         self.writer = writer  # None: a read-only mount
@@ -144,6 +145,7 @@ class GirderOperations(mfusepy.Operations):
         self._fh = Counter()
         self._last_key: dict[int, str] = {}  # inode -> content key at its last open
         self.status_provider: Callable[[], dict] | None = None
+        self.on_init = on_init  # called once libfuse has started (the mount answers soon)
 
     def init_with_config(self, conn, config) -> None:
         if config is not None:
@@ -162,6 +164,8 @@ class GirderOperations(mfusepy.Operations):
                 conn.want |= conn.capable & CAP_SPLICE_WRITE
             log.info('FUSE: reads up to %d KiB, splice %s', self.max_read >> 10,
                      'on' if conn.want & CAP_SPLICE_WRITE else 'off')
+        if self.on_init is not None:
+            self.on_init()
 
     # --- metadata -------------------------------------------------------------------------
     @fuse_op

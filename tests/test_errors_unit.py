@@ -19,13 +19,12 @@ import pytest
 import requests
 from conftest import sha256, unique
 
-from girderfs.cache import BlockStore
+from girderfs.auth import GIVEN, Credentials
 from girderfs.client import GirderClient, check
 from girderfs.errors import GirderFSError, errno_for_status
 from girderfs.fuselib import mfusepy
-from girderfs.namespace import Namespace, Node
-from girderfs.operations import GirderOperations
-from girderfs.reader import Reader
+from girderfs.mount import MountConfig, build
+from girderfs.namespace import Node
 
 FuseOSError = mfusepy.FuseOSError
 
@@ -220,22 +219,21 @@ def fi(flags: int = os.O_RDONLY, fh: int = 0) -> SimpleNamespace:
 
 
 class Stack:
-    """Client, namespace, block store, reader and operations, as the mount builds them."""
+    """The layers as a mount builds them (girderfs.mount.build), driven without FUSE."""
 
     def __init__(self, url: str, token: str | None, cache_dir, *, root: Node | None = None,
                  retries: int = 4, block_size: int = 1 << 20) -> None:
-        self.client = GirderClient(url, retries=retries, backoff=0.01, read_timeout=10)
-        if token:
-            self.client.set_token(token)
-        self.store = BlockStore(str(cache_dir), 1 << 30, block_size)
-        self.ns = Namespace(self.client, root, ttl=5.0, read_only=True)
-        self.reader = Reader(self.client, self.store, verify_ttl=5.0)
-        self.ops = GirderOperations(self.ns, self.reader, None, attr_timeout=5.0)
+        self.layers = build(MountConfig(
+            url, str(cache_dir), credentials=Credentials(GIVEN, token=token) if token else None,
+            root=root, timeout=10, retries=retries, backoff=0.01, cache_size=1 << 30,
+            block_size=block_size, read_only=True))
+        self.client, self.store, self.ns = self.layers.client, self.layers.store, self.layers.ns
+        self.reader, self.ops = self.layers.reader, self.layers.ops
 
     def close(self) -> None:
         self.ops.ns = self.ns  # (a test may have swapped it)
         self.ops.destroy('/')
-        self.store.close()
+        self.layers.close()
 
 
 @pytest.fixture(scope='module')

@@ -1300,7 +1300,7 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
 
 # --- main ----------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    from girderfs.cli import parse_size
+    from girderfs.options import parse_size
 
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
