@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -14,15 +13,23 @@ from typing import Any
 
 import requests
 from requests.adapters import HTTPAdapter
-from urllib3.util.retry import Retry
 
 from .auth import API_KEY_ENV, GIVEN, PASSWORD, TOKEN_ENV, Credentials
 from .errors import GirderFSError, errno_for_status
+from .retry import (
+    CONNECT,
+    REPEATABLE_METHODS,
+    RETRY_STATUSES,
+    STATUS,
+    RetryPolicy,
+    failure_of,
+    retry_after,
+)
 
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
-RETRY_STATUSES = (429, 500, 502, 503, 504)
+_CREDENTIALS = object()  # _answer's default token: the credentials' current one
 
 
 @dataclass
@@ -66,20 +73,13 @@ class GirderClient:
                  pool_size: int = 32, credentials: Credentials | None = None) -> None:
         self.api_url = api_url.rstrip('/')
         self.timeout = (connect_timeout, read_timeout)
-        self.retries = retries
-        self.backoff = backoff
+        self.policy = RetryPolicy(tries=retries + 1, backoff=backoff)  # see retry.py
         self.stats = Stats()
         self.session = requests.Session()
         self.session.verify = verify
         self.session.headers['User-Agent'] = 'girderfs'
-        # urllib3 retries connection failures and retryable statuses for idempotent requests;
-        # bodies cut short are retried by the callers that stream them.
-        retry = Retry(total=retries, connect=retries, read=retries, status=retries,
-                      backoff_factor=backoff, status_forcelist=RETRY_STATUSES,
-                      allowed_methods=frozenset({'GET', 'HEAD', 'PUT', 'DELETE', 'OPTIONS'}),
-                      respect_retry_after_header=True, raise_on_status=False,
-                      backoff_max=10)
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=retry)
+        # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount('http://', adapter)
         self.session.mount('https://', adapter)
         self.auth = Credentials()
@@ -122,9 +122,9 @@ class GirderClient:
     def auth_request(self, method: str, path: str, token: str | None = None,
                      **kwargs: Any) -> tuple[Any, str | None]:
         """One request for the credentials themselves, carrying exactly ``token``: its JSON
-        and the server's ``Date`` header."""
-        resp = self._send(method, path, 'auth', token=token, **kwargs)
-        check(resp, method, path)
+        and the server's ``Date`` header. (Sent again as retry.py says: a second token or a
+        second "who am I" is harmless.)"""
+        resp = self._answer(method, path, 'auth', token=token, repeatable=True, **kwargs)
         return self._json(resp, method, path), resp.headers.get('Date')
 
     # --- requests -----------------------------------------------------------------------------
@@ -146,12 +146,11 @@ class GirderClient:
             raise GirderFSError(errno.EIO, f'TLS error talking to {self.api_url}: {exc}') from None
         except requests.RequestException as exc:
             reason = f'{method} {path}: {type(exc).__name__}: {_short(exc)}'
-            # urllib3 retries what fails before the body; a body cut short is retried here
-            body_cut = isinstance(exc, requests.exceptions.ChunkedEncodingError)
-            if not body_cut:
+            failure = failure_of(exc)
+            if failure == CONNECT:
+                # Not a timeout or a dropped keep-alive connection: no connection at all.
                 self._reached(False, reason)
-            raise GirderFSError(errno.EIO, reason, body_cut=body_cut,
-                                retried=not body_cut) from None
+            raise GirderFSError(errno.EIO, reason, failure=failure) from None
         self._reached(True)
         return resp
 
@@ -179,41 +178,65 @@ class GirderClient:
             return {'unreachable_since': self.unreachable_since,
                     'unreachable_reason': self.unreachable_reason}
 
-    def request(self, method: str, path: str, kind: str = 'api', **kwargs: Any) -> Any:
-        """Send one API request and return its decoded JSON (None for an empty body)."""
-        return self._json(self._answer(method, path, kind, **kwargs), method, path)
+    def request(self, method: str, path: str, kind: str = 'api', *,
+                repeatable: bool | None = None, **kwargs: Any) -> Any:
+        """Send one API request and return its decoded JSON (None for an empty body).
 
-    def _answer(self, method: str, path: str, kind: str, **kwargs: Any) -> requests.Response:
-        """The server's answer to one API request (an HTTP error raised as GirderFSError)."""
+        ``repeatable``: whether sending it twice does what sending it once does (retry.py);
+        by default true for GET, HEAD, PUT, DELETE and OPTIONS.
+        """
+        return self._json(self._answer(method, path, kind, repeatable=repeatable, **kwargs),
+                          method, path)
+
+    def _answer(self, method: str, path: str, kind: str, *, repeatable: bool | None = None,
+                token: str | None | object = _CREDENTIALS, checked: bool = True,
+                **kwargs: Any) -> requests.Response:
+        """The server's answer to one API request, sent again as retry.py says; an HTTP error
+        raised as GirderFSError (unless not ``checked``). ``token``: the token to send, instead
+        of the credentials' (their own requests)."""
+        if repeatable is None:
+            repeatable = method in REPEATABLE_METHODS
         attempt = 0
         sent_again = False  # with a new token, after a 401
         while True:
-            token = self.auth.token()
+            attempt += 1
+            current = self.auth.token() if token is _CREDENTIALS else token
             try:
-                resp = self._send(method, path, kind, token=token, **kwargs)
+                resp = self._send(method, path, kind, token=current, **kwargs)
             except GirderFSError as exc:
-                attempt += 1
-                # A reply cut short leaves it unknown whether the server acted: send it again
-                # only where that is harmless (reads, and the PUTs that set a name, parent,
-                # metadata or time, which do the same the second time).
-                repeatable = method == 'GET' or (method == 'PUT' and kind == 'change')
-                if not repeatable or not exc.body_cut or attempt > self.retries:
+                # (no failure kind: a TLS error, which a second try would not change)
+                if exc.failure is None or not self.policy.again(exc.failure, repeatable,
+                                                                 attempt):
+                    exc.retried = attempt > 1 or exc.failure == CONNECT or repeatable
                     raise
-                log.warning('%s; retrying', exc.reason)
+                log.info('%s; trying again', exc.reason)
                 self.sleep_backoff(attempt)
                 continue
-            if resp.status_code == 401 and token and not sent_again:
+            if resp.status_code == 401 and current and token is _CREDENTIALS and not sent_again:
                 # An expired or dropped token: Girder refused before doing anything, so any
                 # request may go again with a new one. (unauthorized() raises
                 # CredentialsRefused when the server no longer knows us at all.)
-                if self.auth.unauthorized(token):
+                if self.auth.unauthorized(current):
                     resp.close()
                     if not _resendable(kwargs):
                         raise GirderFSError(errno.EAGAIN, f'{method} {path}: the token was '
                                                           f'renewed; send the body again')
                     sent_again = True
+                    attempt -= 1  # (not a failure of the server)
                     continue
-            check(resp, method, path)
+            if resp.status_code in RETRY_STATUSES and \
+                    self.policy.again(STATUS, repeatable, attempt):
+                wait = retry_after(resp)
+                log.info('%s %s: HTTP %d; trying again', method, path, resp.status_code)
+                resp.close()
+                self.sleep_backoff(attempt, wait)
+                continue
+            if checked:
+                try:
+                    check(resp, method, path)
+                except GirderFSError as exc:
+                    exc.retried = resp.status_code in RETRY_STATUSES and repeatable
+                    raise
             return resp
 
     @staticmethod
@@ -264,11 +287,11 @@ class GirderClient:
                 resp.raw.release_conn()
         resp.close()
 
-    def sleep_backoff(self, attempt: int) -> None:
-        """Sleep before retry number ``attempt`` (exponential with jitter, capped)."""
+    def sleep_backoff(self, attempt: int, retry_after: float | None = None) -> None:
+        """Wait after failed try number ``attempt`` (retry.py's backoff, or the server's
+        Retry-After), and count it."""
         self.stats.add_retry()
-        delay = min(10.0, self.backoff * (2 ** attempt)) * (0.5 + random.random())
-        time.sleep(delay)
+        time.sleep(self.policy.delay(attempt, retry_after))
 
 
 def check(resp: requests.Response, method: str, path: str) -> None:

@@ -10,12 +10,12 @@ class GirderFSError(OSError):
     """An error with an errno for the FUSE layer and a one-line reason for the log."""
 
     def __init__(self, err: int, reason: str, http_status: int | None = None, *,
-                 body_cut: bool = False, retried: bool = False) -> None:
+                 failure: str | None = None, retried: bool = False) -> None:
         super().__init__(err, reason)
         self.reason = reason
         self.http_status = http_status  # set when the server answered (after any retries)
-        self.body_cut = body_cut  # the connection broke while the answer's body was read
-        self.retried = retried  # urllib3 already retried it: callers must not multiply that
+        self.failure = failure  # no answer: retry.CONNECT (never sent) or retry.LOST
+        self.retried = retried  # the client already spent its tries on it: do not add more
 
 
 def errno_for_status(status: int, message: str) -> int:

@@ -483,7 +483,7 @@ class Reader:
         cut connection, a short or wrong body) is retried here.
         """
         return not (exc.errno in FATAL_ERRNOS or exc.http_status is not None
-                    or exc.retried or attempt > self.client.retries)
+                    or exc.retried or attempt >= self.client.policy.tries)
 
     def check_current(self, f: RemoteFile) -> None:
         """Confirm the server still has this content (asks once per TTL); ESTALE if not.

@@ -366,9 +366,12 @@ class Writer:
                     last_log = time.monotonic()
                     log.info('uploading %s: %d of %d MiB', d.path, offset >> 20, size >> 20)
             except GirderFSError as exc:
+                # A chunk is not repeatable (Girder appends it), so the client did not send it
+                # again; the server's offset says what it has (retry.py). A failure the
+                # client already retried (no connection at all) is not retried on top.
                 attempt += 1
-                if exc.errno not in RETRYABLE and exc.errno != errno.EINVAL \
-                        or attempt > self.client.retries:
+                if exc.errno not in RETRYABLE and exc.errno != errno.EINVAL or exc.retried \
+                        or attempt >= self.client.policy.tries:
                     raise
                 log.warning('upload of %s: %s; resuming', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
@@ -395,22 +398,28 @@ class Writer:
         self._finish(d, doc)
 
     def _begin(self, d: Dirty, size: int) -> dict | None:
-        """Start an upload (retried on network errors and 5xx); None if the server already
-        has the file (an empty file is created at once: a lost answer must not make two)."""
+        """Start an upload; None if the server already has the file."""
+        if d.file_id:
+            return self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
+                                       params={'size': size})
+        params = {'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
+                  'size': size}
+        if size:
+            # Sent twice, it makes a second upload record that is never finished: harmless.
+            return self.client.request('POST', 'file', kind='upload', repeatable=True,
+                                       params=params)
+        # An empty file is made at once, so a lost answer must not make two: before sending
+        # it again, look whether the first one made it (proven not applied, retry.py).
         attempt = 0
         while True:
-            if size == 0 and (attempt or d.error) and not d.file_id and self._completed(d, 0):
+            if (attempt or d.error) and self._completed(d, 0):
                 return None
             try:
-                if d.file_id:
-                    return self.client.request('PUT', f'file/{d.file_id}/contents',
-                                               kind='upload', params={'size': size})
-                return self.client.request('POST', 'file', kind='upload', params={
-                    'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
-                    'size': size})
+                return self.client.request('POST', 'file', kind='upload', params=params)
             except GirderFSError as exc:
                 attempt += 1
-                if exc.errno not in RETRYABLE or attempt > self.client.retries:
+                if exc.errno not in RETRYABLE or exc.retried \
+                        or attempt >= self.client.policy.tries:
                     raise
                 log.warning('upload of %s: %s; retrying', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
