@@ -162,3 +162,23 @@ def module_mount(girder, tmp_path_factory):
     factory = MountFactory(girder, tmp_path_factory.mktemp('mounts'))
     yield factory
     factory.close()
+
+
+@pytest.fixture
+def mounter(girder, tmp_path):
+    """Mounts of any API URL (a proxy's, say): ``mounter(url, *args, env=...)`` -> Mount."""
+    from writeutil import Mounter
+
+    m = Mounter(tmp_path, girder.admin_token)
+    yield m
+    m.cleanup()
+
+
+@pytest.fixture
+def proxy(girder):
+    """A fault-injecting proxy in front of the test server (tests/faultproxy.py)."""
+    from faultproxy import FaultProxy
+
+    p = FaultProxy(girder.url, seed=7).start()
+    yield p
+    p.stop()

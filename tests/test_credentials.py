@@ -18,8 +18,8 @@ import time
 import pytest
 import requests
 from conftest import run_girderfs, unique
-from faultproxy import FaultProxy, wait_for
-from writeutil import Mounter, lookup, server_sha512
+from faultproxy import wait_for
+from writeutil import lookup, server_sha512
 
 from girderfs.auth import Token, lifetime
 from girderfs.control import credential_lines
@@ -32,18 +32,6 @@ def sha512(data: bytes) -> str:
     return hashlib.sha512(data).hexdigest()
 
 
-@pytest.fixture
-def mounter(girder, tmp_path):
-    m = Mounter(tmp_path, girder.admin_token)
-    yield m
-    m.cleanup()
-
-
-@pytest.fixture
-def proxy(girder):
-    p = FaultProxy(girder.url).start()
-    yield p
-    p.stop()
 
 
 def new_user(girder) -> dict:

@@ -21,7 +21,7 @@ import time
 import pytest
 from conftest import is_mounted
 from faultproxy import FaultProxy, wait_for
-from writeutil import Mounter, folder_children, item_files, mount_pid, unique
+from writeutil import folder_children, item_files, mount_pid, unique
 
 MiB = 1 << 20
 WORKLOAD_SECONDS = float(os.environ.get('GIRDERFS_FAULT_SECONDS', '30'))
@@ -42,12 +42,6 @@ def payload(seed: int, size: int) -> bytes:
 def col(girder):
     return girder.collection(unique('Faults'))
 
-
-@pytest.fixture
-def mounter(girder, tmp_path):
-    m = Mounter(tmp_path, girder.admin_token)
-    yield m
-    m.cleanup()
 
 
 def add_random_faults(proxy: FaultProxy) -> None:

@@ -14,9 +14,8 @@ import time
 
 import pytest
 from conftest import is_mounted
-from faultproxy import FaultProxy, wait_for
+from faultproxy import wait_for
 from writeutil import (
-    Mounter,
     item_files,
     lookup,
     mount_pid,
@@ -43,18 +42,6 @@ def area(girder, col, request):
     return folder, f'/collection/{col["name"]}/{name}'
 
 
-@pytest.fixture
-def proxy(girder):
-    p = FaultProxy(girder.url, seed=7).start()
-    yield p
-    p.stop()
-
-
-@pytest.fixture
-def mounter(girder, tmp_path):
-    m = Mounter(tmp_path, girder.admin_token)
-    yield m
-    m.cleanup()
 
 
 @contextlib.contextmanager
