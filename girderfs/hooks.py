@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from .client import GirderClient
 from .errors import GirderFSError
+from .kinds import Kind
 from .writer import Dirty
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,8 @@ class UploadHooks:
             self._pool.submit(self._run, d.path, d.parent_kind, d.parent_id, file_doc)
 
     def _run(self, path: str, parent_kind: str, parent_id: str, file_doc: dict) -> None:
-        item_id = file_doc.get('itemId') or (parent_id if parent_kind == 'item' else '')
-        folder_id = parent_id if parent_kind == 'folder' else ''
+        item_id = file_doc.get('itemId') or (parent_id if parent_kind == Kind.ITEM else '')
+        folder_id = parent_id if parent_kind == Kind.FOLDER else ''
         for method, template in self.hooks:
             try:
                 if not folder_id and '{folderId}' in template and item_id:

@@ -22,12 +22,13 @@ from cachetools import LRUCache
 
 from .client import GirderClient
 from .errors import GirderFSError
+from .kinds import DIR_KINDS, Kind
 from .util import LockedTTLCache
 
 log = logging.getLogger(__name__)
 
-DIR_KINDS = frozenset({'root', 'collections', 'users', 'collection', 'user', 'folder'})
 NAME_MAX = 255
+META_TIMES = frozenset({Kind.ITEM, Kind.FOLDER, Kind.COLLECTION})  # kinds with a settable time
 # In a file document: when it was asked of the server. The reader skips asking again soon after.
 FETCHED = '_girderfsFetched'
 
@@ -57,9 +58,9 @@ class Node:
     @property
     def single_file(self) -> dict | None:
         """For an item shown as a regular file, its one file document (if known)."""
-        if self.kind == 'file':
+        if self.kind == Kind.FILE:
             return self.doc
-        if self.kind == 'item' and self.files is not None and len(self.files) == 1 \
+        if self.kind == Kind.ITEM and self.files is not None and len(self.files) == 1 \
                 and self.files[0].get('name') == self.doc.get('name'):
             return self.files[0]
         return None
@@ -68,7 +69,7 @@ class Node:
     def is_dir(self) -> bool:
         if self.kind in DIR_KINDS:
             return True
-        if self.kind == 'item':
+        if self.kind == Kind.ITEM:
             if self.force_dir:
                 return True
             # Unknown items are taken to be the usual single-file kind until their files are read.
@@ -163,7 +164,7 @@ class Namespace:
         self.uid = os.getuid() if uid is None else uid
         self.gid = os.getgid() if gid is None else gid
         self.started = time.time_ns()
-        self.root = root or Node('root', None, '')
+        self.root = root or Node(Kind.ROOT, None, '')
         self._listings: LockedTTLCache[dict[str, Node]] = LockedTTLCache(4096, ttl)
         self._files: LockedTTLCache[list[dict]] = LockedTTLCache(65536, ttl)
         self._inodes: dict[tuple[str, str | None], int] = {}
@@ -201,7 +202,7 @@ class Namespace:
 
     def children(self, node: Node) -> dict[str, Node]:
         """The listing of a directory node, from cache or fetched (all pages)."""
-        if node.kind == 'item' and (node.files is None
+        if node.kind == Kind.ITEM and (node.files is None
                                     or self._files.peek(node.id) is not node.files):
             # Also when the cached file list was dropped (``invalidate`` after a change): the
             # node kept in the parent's listing must not go on showing the old files.
@@ -235,7 +236,7 @@ class Namespace:
     def invalidate(self, kind: str, ident: str | None) -> None:
         """Forget the cached listing of a directory (and an item's files) after a change."""
         self._listings.pop((kind, ident))
-        if kind == 'item':
+        if kind == Kind.ITEM:
             self._files.pop(ident)
 
     def add_uploaded_item(self, folder_id: str, name: str, file_doc: dict) -> None:
@@ -256,11 +257,11 @@ class Namespace:
             if current is not None and current.id != item_id:
                 return None  # a name clash: let the next listing sort it out
             parent = next((n for n in listing.values() if n.inherited_access is not None), None)
-            node = Node('item', item_id, shown, doc, files=[file_doc],
+            node = Node(Kind.ITEM, item_id, shown, doc, files=[file_doc],
                         inherited_access=parent.inherited_access if parent else None)
             return {**listing, shown: node}
 
-        self._listings.update(('folder', folder_id), change)
+        self._listings.update((Kind.FOLDER, folder_id), change)
         self._files.pop(item_id)
 
     def clear(self) -> None:
@@ -269,7 +270,7 @@ class Namespace:
 
     # --- inodes and attributes -------------------------------------------------------------
     def inode(self, node: Node) -> int:
-        if node.kind == 'root':
+        if node.kind == Kind.ROOT:
             return 1
         return self.inode_for((node.kind, node.id or node.kind))
 
@@ -287,7 +288,7 @@ class Namespace:
             self._inodes.setdefault(key, ino)
 
     def getattr(self, node: Node) -> dict:
-        doc = node.single_file if node.kind == 'item' and node.single_file else node.doc
+        doc = node.single_file if node.kind == Kind.ITEM and node.single_file else node.doc
         created = parse_time(node.doc.get('created') or doc.get('created'), self.started)
         updated = parse_time(node.doc.get('updated') or doc.get('updated'), created)
         # Write bits where Girder would let this user change the entry, so tools can tell.
@@ -325,7 +326,7 @@ class Namespace:
 
     def file_doc(self, node: Node) -> dict:
         """The file document to read for a regular-file node (EISDIR if it is a directory)."""
-        if node.kind == 'item' and node.files is None:
+        if node.kind == Kind.ITEM and node.files is None:
             self.load_files(node)
         f = node.single_file
         if f is None:
@@ -335,11 +336,11 @@ class Namespace:
     # --- changes on the server ---------------------------------------------------------------
     def mkdir(self, parent: Node, name: str) -> None:
         """A folder (or, under ``collection/``, a collection) named ``name`` in ``parent``."""
-        if parent.kind in ('collection', 'user', 'folder'):
+        if parent.kind in (Kind.COLLECTION, Kind.USER, Kind.FOLDER):
             doc = self.client.request('POST', 'folder', kind='change', params={
                 'parentType': parent.kind, 'parentId': parent.id, 'name': name,
                 'reuseExisting': 'false'})
-        elif parent.kind == 'collections':
+        elif parent.kind == Kind.COLLECTIONS:
             doc = self.client.request('POST', 'collection', kind='change', params={'name': name})
         else:
             raise GirderFSError(errno.EPERM, f'cannot make a directory inside a {parent.kind}')
@@ -357,7 +358,7 @@ class Namespace:
     def delete(self, parent: Node, node: Node) -> None:
         """Delete ``node`` on the server (the caller checked what POSIX requires)."""
         kind = node.kind
-        if kind not in ('collection', 'folder', 'item', 'file'):
+        if kind not in (Kind.COLLECTION, Kind.FOLDER, Kind.ITEM, Kind.FILE):
             raise GirderFSError(errno.EPERM, f'cannot delete a {kind}')
         self.client.request('DELETE', f'{kind}/{node.id}', kind='change')
         self._will_shrink(parent)
@@ -373,13 +374,13 @@ class Namespace:
         # move first, keeping the name, then rename in the new parent.
         moved = dst_parent.id != src_parent.id or dst_parent.kind != src_parent.kind
         renamed = node.name != name  # the shown names (a disambiguated one keeps its raw name)
-        if kind == 'folder' and dst_parent.kind in ('collection', 'user', 'folder'):
+        if kind == Kind.FOLDER and dst_parent.kind in (Kind.COLLECTION, Kind.USER, Kind.FOLDER):
             if moved:
                 c.request('PUT', f'folder/{node.id}', kind='change', params={
                     'parentType': dst_parent.kind, 'parentId': dst_parent.id})
             if renamed or not moved:
                 c.request('PUT', f'folder/{node.id}', kind='change', params={'name': name})
-        elif kind == 'item' and dst_parent.kind == 'folder':
+        elif kind == Kind.ITEM and dst_parent.kind == Kind.FOLDER:
             single = node.single_file if node.files is not None else None
             if node.files is None and not node.is_dir:
                 single = self.file_doc(node)
@@ -401,11 +402,11 @@ class Namespace:
                 self._undo_item_move(node, src_parent, single)
                 raise
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
-        elif kind == 'file' and dst_parent.kind == 'item' and dst_parent.id == src_parent.id:
+        elif kind == Kind.FILE and dst_parent.kind == Kind.ITEM and dst_parent.id == src_parent.id:
             c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
-        elif kind == 'collection' and dst_parent.kind == 'collections':
+        elif kind == Kind.COLLECTION and dst_parent.kind == Kind.COLLECTIONS:
             c.request('PUT', f'collection/{node.id}', kind='change', params={'name': name})
-        elif kind in ('file', 'item'):
+        elif kind in (Kind.FILE, Kind.ITEM):
             raise GirderFSError(errno.EXDEV, f'Girder cannot move a {kind} there; copy instead')
         else:
             raise GirderFSError(errno.EPERM, f'cannot move a {kind} into a {dst_parent.kind}')
@@ -435,7 +436,7 @@ class Namespace:
 
     def set_mtime(self, node: Node, when: int | str | None) -> bool:
         """Set an item's or folder's ``updated`` time (Girder allows this to admins only)."""
-        if when is None or node.kind not in ('item', 'folder', 'collection') or not node.id:
+        if when is None or node.kind not in META_TIMES or not node.id:
             return False
         if isinstance(when, int):
             when = datetime.fromtimestamp(when / 1e9, UTC).isoformat()
@@ -455,29 +456,29 @@ class Namespace:
     def _fetch_listing(self, node: Node) -> dict[str, Node]:
         c = self.client
         entries: list[tuple[str, Node]] = []
-        if node.kind == 'root':
-            entries = [('collection', Node('collections', None, 'collection')),
-                       ('user', Node('users', None, 'user'))]
-        elif node.kind == 'collections':
+        if node.kind == Kind.ROOT:
+            entries = [('collection', Node(Kind.COLLECTIONS, None, 'collection')),
+                       ('user', Node(Kind.USERS, None, 'user'))]
+        elif node.kind == Kind.COLLECTIONS:
             for doc in c.paginate('collection'):
-                entries.append((doc['name'], Node('collection', doc['_id'], doc['name'], doc)))
-        elif node.kind == 'users':
+                entries.append((doc['name'], Node(Kind.COLLECTION, doc['_id'], doc['name'], doc)))
+        elif node.kind == Kind.USERS:
             for doc in c.paginate('user'):
-                entries.append((doc['login'], Node('user', doc['_id'], doc['login'], doc)))
-        elif node.kind in ('collection', 'user', 'folder'):
+                entries.append((doc['login'], Node(Kind.USER, doc['_id'], doc['login'], doc)))
+        elif node.kind in (Kind.COLLECTION, Kind.USER, Kind.FOLDER):
             for doc in c.paginate('folder', parentType=node.kind, parentId=node.id):
-                entries.append((doc['name'], Node('folder', doc['_id'], doc['name'], doc)))
-            if node.kind == 'folder':
-                items = [Node('item', doc['_id'], doc['name'], doc)
+                entries.append((doc['name'], Node(Kind.FOLDER, doc['_id'], doc['name'], doc)))
+            if node.kind == Kind.FOLDER:
+                items = [Node(Kind.ITEM, doc['_id'], doc['name'], doc)
                          for doc in c.paginate('item', folderId=node.id)]
                 self._check_items(items)
                 entries.extend((n.doc['name'], n) for n in items)
-        elif node.kind == 'item':
+        elif node.kind == Kind.ITEM:
             for doc in node.files or []:
-                entries.append((doc['name'], Node('file', doc['_id'], doc['name'], doc)))
-        if node.kind in ('folder', 'item'):
+                entries.append((doc['name'], Node(Kind.FILE, doc['_id'], doc['name'], doc)))
+        if node.kind in (Kind.FOLDER, Kind.ITEM):
             for _, child in entries:
-                if child.kind in ('item', 'file'):
+                if child.kind in (Kind.ITEM, Kind.FILE):
                     child.inherited_access = node.access
         return build_listing(entries)
 
@@ -528,19 +529,19 @@ def fetched_at(doc: dict) -> float | None:
 def root_node(client: GirderClient, girder_path: str | None) -> Node:
     """The node for ``--root`` (a Girder path like /collection/Data/images), or the top."""
     if not girder_path or girder_path.strip('/') == '':
-        return Node('root', None, '')
+        return Node(Kind.ROOT, None, '')
     path = '/' + girder_path.strip('/')
     if path == '/collection':
-        return Node('collections', None, 'collection')
+        return Node(Kind.COLLECTIONS, None, 'collection')
     if path == '/user':
-        return Node('users', None, 'user')
+        return Node(Kind.USERS, None, 'user')
     doc = c_lookup(client, path)
     kind = doc.get('_modelType')
-    if kind not in ('collection', 'user', 'folder', 'item'):
+    if kind not in (Kind.COLLECTION, Kind.USER, Kind.FOLDER, Kind.ITEM):
         raise GirderFSError(errno.ENOTDIR, f'--root {girder_path}: is a {kind}, not a directory')
-    name = doc.get('login') if kind == 'user' else doc.get('name')
+    name = doc.get('login') if kind == Kind.USER else doc.get('name')
     node = Node(kind, doc['_id'], name or '', doc, force_dir=True)
-    if kind == 'item':
+    if kind == Kind.ITEM:
         node.files = list(client.paginate(f'item/{doc["_id"]}/files', kind='files'))
     return node
 

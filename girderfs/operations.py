@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from .auth import CredentialsRefused
 from .errors import GirderFSError
 from .fuselib import CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
+from .kinds import Kind
 from .namespace import Namespace, Node, fetched_at
 from .reader import FdPart, Part, Reader, RemoteFile, Stream, close_parts, join_parts
 from .util import Counter
@@ -300,10 +301,10 @@ class GirderOperations(mfusepy.Operations):
     def _start_existing(self, path: str, node: Node, doc: dict, remote: RemoteFile,
                         truncate: bool) -> Dirty:
         """Local changes to a file the server has: spool a copy unless it is truncated."""
-        if node.kind == 'file':
-            parent_kind, parent_id = 'item', doc['itemId']
+        if node.kind == Kind.FILE:
+            parent_kind, parent_id = Kind.ITEM, doc['itemId']
         else:
-            parent_kind, parent_id = 'folder', node.doc['folderId']
+            parent_kind, parent_id = Kind.FOLDER, node.doc['folderId']
 
         def fill(fd: int) -> None:
             if truncate:
@@ -410,7 +411,7 @@ class GirderOperations(mfusepy.Operations):
             with d.lock:
                 found = key in d.pending_meta  # a JSON null is a value, not a missing key
                 value = d.pending_meta.get(key)
-                if name == META and d.parent_kind == 'folder':
+                if name == META and d.parent_kind == Kind.FOLDER:
                     found, value = True, dict(d.pending_meta)
             if not found:
                 raise GirderFSError(errno.ENODATA, f'no attribute {name}')
@@ -425,7 +426,7 @@ class GirderOperations(mfusepy.Operations):
         if d is not None:
             with d.lock:
                 keys = [META_PREFIX + k for k in d.pending_meta]
-            return [META] + keys if d.parent_kind == 'folder' else keys
+            return [META] + keys if d.parent_kind == Kind.FOLDER else keys
         if path == STATUS_PATH:
             return []
         return self.xattrs.names(self.ns.resolve(path))
@@ -441,10 +442,10 @@ class GirderOperations(mfusepy.Operations):
         if d is not None:
             # A copy being written: keep metadata for after the upload; the source's
             # read-only attributes do not describe the copy.
-            if name.startswith(META_PREFIX) and d.parent_kind == 'folder':
+            if name.startswith(META_PREFIX) and d.parent_kind == Kind.FOLDER:
                 with d.lock:
                     d.pending_meta[self.xattrs.key(name)] = decode_value(value)
-            elif name == META and d.parent_kind == 'folder':
+            elif name == META and d.parent_kind == Kind.FOLDER:
                 meta = self.xattrs.whole(value)  # the whole object replaces what is pending
                 with d.lock:
                     d.pending_meta = dict(meta)
@@ -463,7 +464,7 @@ class GirderOperations(mfusepy.Operations):
                 if name.startswith(META_PREFIX) and name[len(META_PREFIX):] in d.pending_meta:
                     del d.pending_meta[name[len(META_PREFIX):]]
                     return 0
-                if name == META and d.parent_kind == 'folder':
+                if name == META and d.parent_kind == Kind.FOLDER:
                     d.pending_meta.clear()
                     return 0
             raise GirderFSError(errno.ENODATA, f'no attribute {name}')
@@ -476,10 +477,10 @@ class GirderOperations(mfusepy.Operations):
     def create(self, path: str, mode: int, fi: Any) -> int:
         parent_path, name = split(path)
         parent = self.ns.resolve(parent_path)
-        if parent.kind == 'folder':
-            parent_kind = 'folder'
-        elif parent.kind == 'item' and parent.is_dir:
-            parent_kind = 'item'  # a new file in a multi-file item
+        if parent.kind == Kind.FOLDER:
+            parent_kind = Kind.FOLDER
+        elif parent.kind == Kind.ITEM and parent.is_dir:
+            parent_kind = Kind.ITEM  # a new file in a multi-file item
         else:
             raise GirderFSError(errno.EPERM, f'Girder keeps files in folders, not in a '
                                              f'{parent.kind}')
@@ -575,7 +576,7 @@ class GirderOperations(mfusepy.Operations):
         node = self.ns.resolve(path)
         if not node.is_dir:
             raise GirderFSError(errno.ENOTDIR, 'not a directory')
-        if node.kind == 'item':
+        if node.kind == Kind.ITEM:
             self.ns.load_files(node)
         if self.ns.children(node) or self.writer.in_dir(path):
             raise GirderFSError(errno.ENOTEMPTY, 'directory not empty')
@@ -627,8 +628,8 @@ class GirderOperations(mfusepy.Operations):
         if node.is_dir:
             self.writer.rename_dir(old, new)  # open files inside keep showing at their new path
         if d is not None:
-            self.writer.rename(old, new, ('item' if dst_parent.kind == 'item' else 'folder',
-                                          dst_parent.id), name)
+            into = Kind.ITEM if dst_parent.kind == Kind.ITEM else Kind.FOLDER
+            self.writer.rename(old, new, (into, dst_parent.id), name)
         return 0
 
     def _hide(self, old: str, new: str) -> int:
@@ -703,25 +704,25 @@ class GirderOperations(mfusepy.Operations):
         item_id = file_doc.get('itemId')
         # A plain new item is added to the cached listing below; anything else (a rewrite, a
         # time or metadata set after the upload) makes the folder be read again.
-        patch = d.parent_kind == 'folder' and item_id and d.file_id is None \
+        patch = d.parent_kind == Kind.FOLDER and item_id and d.file_id is None \
             and not d.set_mtime_ns and not d.pending_meta
         if not patch:
             self.ns.invalidate(d.parent_kind, d.parent_id)
         if d.file_id is not None:
             self.reader.replaced(file_doc)  # handles opened before now read the new content
         if item_id:
-            self.ns.invalidate('item', item_id)
-            self.ns.alias_inode(('item' if d.parent_kind == 'folder' else 'file',
-                                 item_id if d.parent_kind == 'folder' else file_doc['_id']),
+            self.ns.invalidate(Kind.ITEM, item_id)
+            self.ns.alias_inode((Kind.ITEM if d.parent_kind == Kind.FOLDER else Kind.FILE,
+                                 item_id if d.parent_kind == Kind.FOLDER else file_doc['_id']),
                                 self.ns.inode_for(('dirty', d.entry)))
-        if d.parent_kind == 'folder' and item_id:
+        if d.parent_kind == Kind.FOLDER and item_id:
             if patch:
                 self.ns.add_uploaded_item(d.parent_id, d.name, file_doc)
             self.ns.mark_created(item_id)
             if d.pending_meta:
                 self._put_meta(item_id, d.pending_meta)
             if d.set_mtime_ns:
-                self.ns.set_mtime(Node('item', item_id, d.name), d.set_mtime_ns)
+                self.ns.set_mtime(Node(Kind.ITEM, item_id, d.name), d.set_mtime_ns)
 
     def _put_meta(self, item_id: str, meta: dict) -> None:
         try:

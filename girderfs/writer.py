@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 from .client import GirderClient
 from .errors import GirderFSError
+from .kinds import Kind
 
 log = logging.getLogger(__name__)
 
@@ -341,7 +342,7 @@ class Writer:
             up = self._begin(d, size)
             if up is None:  # an earlier attempt had made it; its answer was lost
                 return
-            if size == 0 or up.get('_modelType') == 'file':
+            if size == 0 or up.get('_modelType') == Kind.FILE:
                 self._finish(d, up)
                 return
             d.upload_id = up['_id']
@@ -380,7 +381,7 @@ class Writer:
                 if resumed is None:
                     return self._upload(d, damaged)  # which checks if the server finished it
                 offset = resumed
-        if doc is None or doc.get('_modelType') != 'file':
+        if doc is None or doc.get('_modelType') != Kind.FILE:
             raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
         if resumed_any and doc.get('sha512') and doc['sha512'] != self._spool_sha512(d, size):
             # Girder appends each chunk to its temporary file and takes the file's length as
@@ -462,7 +463,7 @@ class Writer:
         c = self.client
         if d.file_id:
             found = [c.get(f'file/{d.file_id}', kind='upload')]
-        elif d.parent_kind == 'item':
+        elif d.parent_kind == Kind.ITEM:
             found = list(c.paginate(f'item/{d.parent_id}/files', kind='upload'))
         else:
             found = []

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import GirderFSError
+from .kinds import Kind
 from .namespace import Namespace, Node
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ META = PREFIX + 'meta'
 META_PREFIX = META + '.'
 FILE_PREFIX = PREFIX + 'file.'
 DESCRIPTION = PREFIX + 'description'
-META_KINDS = frozenset({'collection', 'folder', 'item'})
+META_KINDS = frozenset({Kind.COLLECTION, Kind.FOLDER, Kind.ITEM})
 XATTR_SIZE_MAX = 65536  # Linux: the largest value getxattr can return
 FILE_FIELDS = ('id', 'created', 'creator', 'size', 'sha512', 'mime_type', 'name')
 
@@ -75,7 +76,7 @@ def _fields(doc: dict, kind: str, web_root: str) -> dict[str, Any]:
                       ('size', 'size'), ('description', 'description')):
         if doc.get(key) is not None:
             out[name] = doc[key]
-    if kind == 'file':
+    if kind == Kind.FILE:
         if doc.get('sha512'):
             out['sha512'] = doc['sha512']
         if doc.get('mimeType'):
@@ -100,14 +101,14 @@ class Xattrs:
     # --- reading --------------------------------------------------------------------------
     def values(self, node: Node) -> dict[str, Any]:
         """Every attribute of ``node`` (name -> value), from the documents already cached."""
-        if node.kind in ('root', 'collections', 'users'):
+        if node.kind in (Kind.ROOT, Kind.COLLECTIONS, Kind.USERS):
             return {}
         out = {PREFIX + k: v for k, v in _fields(node.doc, node.kind, self.web_root).items()
-               if not (node.kind == 'file' and k == 'name')}
-        if node.kind == 'item':
+               if not (node.kind == Kind.FILE and k == 'name')}
+        if node.kind == Kind.ITEM:
             single = node.single_file
             if single is not None:
-                for k, v in _fields(single, 'file', self.web_root).items():
+                for k, v in _fields(single, Kind.FILE, self.web_root).items():
                     if k in FILE_FIELDS:
                         out[FILE_PREFIX + k] = v
         if node.kind in META_KINDS:
@@ -124,7 +125,7 @@ class Xattrs:
                 if len(encode_value(v)) <= XATTR_SIZE_MAX]
 
     def get(self, node: Node, name: str) -> bytes:
-        if name.startswith(FILE_PREFIX) and node.kind == 'item' and node.files is None:
+        if name.startswith(FILE_PREFIX) and node.kind == Kind.ITEM and node.files is None:
             self.ns.load_files(node)  # an explicit ask for a file field is worth one request
         values = self.values(node)
         if name not in values:
