@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .client import GirderClient
 from .errors import GirderFSError
 from .kinds import Kind
-from .writer import Dirty
+from .writer import PendingFile
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class UploadHooks:
         self.failures: deque[str] = deque(maxlen=50)
         self.done = 0
 
-    def submit(self, d: Dirty, file_doc: dict) -> None:
+    def submit(self, d: PendingFile, file_doc: dict) -> None:
         if self.hooks:
             self._pool.submit(self._run, d.path, d.parent_kind, d.parent_id, file_doc)
 

@@ -471,7 +471,7 @@ class Namespace:
             if node.kind == Kind.FOLDER:
                 items = [Node(Kind.ITEM, doc['_id'], doc['name'], doc)
                          for doc in c.paginate('item', folderId=node.id)]
-                self._check_items(items)
+                self._read_item_files(items)
                 entries.extend((n.doc['name'], n) for n in items)
         elif node.kind == Kind.ITEM:
             for doc in node.files or []:
@@ -482,7 +482,7 @@ class Namespace:
                     child.inherited_access = node.access
         return build_listing(entries)
 
-    def _check_items(self, items: list[Node]) -> None:
+    def _read_item_files(self, items: list[Node]) -> None:
         """In small folders, read every item's files now so types are exact before any stat.
 
         Girder has no bulk call for the files of a folder's items; in folders larger than
@@ -535,7 +535,7 @@ def root_node(client: GirderClient, girder_path: str | None) -> Node:
         return Node(Kind.COLLECTIONS, None, 'collection')
     if path == '/user':
         return Node(Kind.USERS, None, 'user')
-    doc = c_lookup(client, path)
+    doc = lookup_path(client, path)
     kind = doc.get('_modelType')
     if kind not in (Kind.COLLECTION, Kind.USER, Kind.FOLDER, Kind.ITEM):
         raise GirderFSError(errno.ENOTDIR, f'--root {girder_path}: is a {kind}, not a directory')
@@ -546,7 +546,7 @@ def root_node(client: GirderClient, girder_path: str | None) -> Node:
     return node
 
 
-def c_lookup(client: GirderClient, path: str) -> dict:
+def lookup_path(client: GirderClient, path: str) -> dict:
     try:
         # not client.get(..., path=...): 'path' is get()'s own first parameter
         return client.request('GET', 'resource/lookup', params={'path': path})

@@ -19,9 +19,9 @@ from .errors import GirderFSError
 from .fuselib import CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
 from .kinds import Kind
 from .namespace import Namespace, Node, fetched_at
-from .reader import FdPart, Part, Reader, RemoteFile, Stream, close_parts, join_parts
+from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
 from .util import Counter
-from .writer import Dirty, Writer
+from .writer import PendingFile, Writer
 from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,11 @@ class Handle:
     __slots__ = ('remote', 'stream', 'data', 'dirty', 'writable', 'flushed', 'node', 'append')
 
     def __init__(self, remote: RemoteFile | None = None, data: bytes | None = None,
-                 dirty: Dirty | None = None, writable: bool = False,
+                 dirty: PendingFile | None = None, writable: bool = False,
                  node: Node | None = None, append: bool = False) -> None:
         self.remote = remote
         self.node = node  # what the path showed when it was opened for reading
-        self.stream = Stream()
+        self.stream = ReadPattern()
         self.data = data
         self.dirty = dirty
         self.writable = writable  # opened for writing: its close() uploads local changes
@@ -220,7 +220,7 @@ class GirderOperations(mfusepy.Operations):
             return None
         return handle
 
-    def _dirty_attr(self, d: Dirty) -> dict:
+    def _dirty_attr(self, d: PendingFile) -> dict:
         # No d.lock: an upload holds it for its whole length, and stat must not wait for that.
         # But the copy of the current content must be complete, or the size is wrong.
         if not d.ready.wait(self.reader.wait_timeout):
@@ -299,7 +299,7 @@ class GirderOperations(mfusepy.Operations):
         return 0
 
     def _start_existing(self, path: str, node: Node, doc: dict, remote: RemoteFile,
-                        truncate: bool) -> Dirty:
+                        truncate: bool) -> PendingFile:
         """Local changes to a file the server has: spool a copy unless it is truncated."""
         if node.kind == Kind.FILE:
             parent_kind, parent_id = Kind.ITEM, doc['itemId']
@@ -310,7 +310,7 @@ class GirderOperations(mfusepy.Operations):
             if truncate:
                 return
             offset = 0
-            stream = Stream()
+            stream = ReadPattern()
             while offset < remote.size:
                 data = self.reader.read(remote, offset, 8 << 20, stream)
                 if not data:
@@ -398,7 +398,7 @@ class GirderOperations(mfusepy.Operations):
                 'st_ctime': now, 'st_atime': now, 'st_ino': 2**62}
 
     # --- extended attributes ----------------------------------------------------------------
-    def _new_copy(self, path: str) -> Dirty | None:
+    def _new_copy(self, path: str) -> PendingFile | None:
         """The local changes of a file the server has not seen yet, if ``path`` is one."""
         d = self.writer.get(path) if self.writer else None
         return d if d is not None and d.file_id is None else None
@@ -699,7 +699,7 @@ class GirderOperations(mfusepy.Operations):
         raise GirderFSError(errno.EPERM, 'Girder has no hard links')
 
     # --- after an upload --------------------------------------------------------------------
-    def uploaded(self, d: Dirty, file_doc: dict) -> None:
+    def uploaded(self, d: PendingFile, file_doc: dict) -> None:
         """Make the namespace show what the server now has (called by the writer)."""
         item_id = file_doc.get('itemId')
         # A plain new item is added to the cached listing below; anything else (a rewrite, a

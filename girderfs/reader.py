@@ -96,7 +96,7 @@ def join_parts(parts: list[Part]) -> bytes:
     return out[0] if len(out) == 1 else b''.join(out)
 
 
-class Stream:
+class ReadPattern:
     """Per-handle read pattern: detects sequential access and sizes the prefetch window."""
 
     def __init__(self) -> None:
@@ -168,11 +168,12 @@ class Reader:
             newer = self._replaced.get(f.file_id)
         return newer if newer is not None and newer.ckey != f.ckey else f
 
-    def read(self, f: RemoteFile, offset: int, size: int, stream: Stream | None = None) -> bytes:
+    def read(self, f: RemoteFile, offset: int, size: int,
+             stream: ReadPattern | None = None) -> bytes:
         return join_parts(self.read_parts(f, offset, size, stream))
 
     def read_parts(self, f: RemoteFile, offset: int, size: int,
-                   stream: Stream | None = None) -> list[Part]:
+                   stream: ReadPattern | None = None) -> list[Part]:
         """Bytes [offset, offset + size) of ``f`` as parts; the caller closes their files.
 
         Blocks on disk come back as open files, not read: FUSE copies (or splices) them.
@@ -381,7 +382,7 @@ class Reader:
         return fut
 
     def _prefetch_after(self, f: RemoteFile, offset: int, end: int, last: int,
-                        stream: Stream) -> range:
+                        stream: ReadPattern) -> range:
         """Size the stream's window after this read; the blocks to prefetch now.
 
         The caller claims them with the read's own blocks: on a first read both are missing,

@@ -33,8 +33,9 @@ RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT})
 
 
 @dataclass(eq=False)
-class Dirty:
-    """A file with content the server does not have yet."""
+class PendingFile:
+    """A file being changed through the mount: its spool and journal entry, from the first
+    open for writing until the server has the content and the last handle is closed."""
 
     entry: str  # journal id, also the spool file's name
     path: str  # path in the mount
@@ -69,7 +70,7 @@ class Writer:
     """The table of dirty files, their spool and journal, and the uploads."""
 
     def __init__(self, client: GirderClient, cache_dir: str, *, chunk_size: int = 64 * MiB,
-                 on_uploaded: Callable[[Dirty, dict], None] | None = None,
+                 on_uploaded: Callable[[PendingFile, dict], None] | None = None,
                  retry_interval: float = 30.0) -> None:
         self.client = client
         if chunk_size < MIN_CHUNK:
@@ -86,7 +87,7 @@ class Writer:
         for d in (self.spool_dir, self.journal_dir):
             os.makedirs(d, mode=0o700, exist_ok=True)
             os.chmod(d, 0o700)
-        self._table: dict[str, Dirty] = {}
+        self._table: dict[str, PendingFile] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # retry pending uploads now (or stop)
@@ -94,12 +95,12 @@ class Writer:
         self.uploaded_bytes = 0
 
     # --- table ----------------------------------------------------------------------------
-    def get(self, path: str) -> Dirty | None:
+    def get(self, path: str) -> PendingFile | None:
         with self._lock:
             return self._table.get(path)
 
-    def in_dir(self, dir_path: str) -> list[Dirty]:
-        """Dirty files that are new (not yet on the server) directly inside ``dir_path``."""
+    def in_dir(self, dir_path: str) -> list[PendingFile]:
+        """PendingFile files that are new (not yet on the server) directly inside ``dir_path``."""
         prefix = dir_path.rstrip('/') + '/'
         with self._lock:
             return [d for p, d in self._table.items()
@@ -119,17 +120,17 @@ class Writer:
                         'rate': d.sent / elapsed if elapsed > 0 and d.sent else 0})
         return out
 
-    def pending(self) -> list[Dirty]:
+    def pending(self) -> list[PendingFile]:
         with self._lock:
             return list(self._table.values())
 
-    def _spool(self, d: Dirty) -> str:
+    def _spool(self, d: PendingFile) -> str:
         return os.path.join(self.spool_dir, d.entry)
 
-    def _journal(self, d: Dirty) -> str:
+    def _journal(self, d: PendingFile) -> str:
         return os.path.join(self.journal_dir, d.entry + '.json')
 
-    def save_journal(self, d: Dirty) -> None:
+    def save_journal(self, d: PendingFile) -> None:
         """Write the journal entry atomically and durably (temp file, fsync, rename)."""
         path = self._journal(d)
         tmp = path + '.tmp'
@@ -144,7 +145,7 @@ class Writer:
     # --- opening --------------------------------------------------------------------------
     def start(self, path: str, parent_kind: str, parent_id: str, name: str,
               file_id: str | None = None, fill: Callable[[int], None] | None = None,
-              ino: int = 0) -> Dirty:
+              ino: int = 0) -> PendingFile:
         """Begin local changes to ``path``; ``fill(fd)`` copies the current content in.
 
         The entry is published locked and not ``ready``: until the copy is complete, nobody
@@ -156,7 +157,7 @@ class Writer:
             if d is not None:
                 d.handles += 1
                 return d
-            d = Dirty(uuid.uuid4().hex, path, parent_kind, parent_id, name, file_id, ino=ino)
+            d = PendingFile(uuid.uuid4().hex, path, parent_kind, parent_id, name, file_id, ino=ino)
             d.handles = 1
             d.lock.acquire()
             self._table[path] = d
@@ -175,12 +176,12 @@ class Writer:
             d.lock.release()
         return d
 
-    def attach(self, d: Dirty) -> None:
+    def attach(self, d: PendingFile) -> None:
         with self._lock:
             d.handles += 1
 
     # --- data -----------------------------------------------------------------------------
-    def write(self, d: Dirty, data: bytes, offset: int | None) -> int:
+    def write(self, d: PendingFile, data: bytes, offset: int | None) -> int:
         """Write ``data`` at ``offset`` (None: at the end, as O_APPEND does)."""
         with d.lock:
             if offset is None:
@@ -194,12 +195,12 @@ class Writer:
                 self._changed(d)
             return n
 
-    def read(self, d: Dirty, size: int, offset: int) -> bytes | None:
+    def read(self, d: PendingFile, size: int, offset: int) -> bytes | None:
         """Bytes of the spool; None if it is gone (uploaded and forgotten meanwhile)."""
         with d.lock:
             return None if d.fd < 0 else os.pread(d.fd, size, offset)
 
-    def truncate(self, d: Dirty, length: int) -> None:
+    def truncate(self, d: PendingFile, length: int) -> None:
         with d.lock:
             os.ftruncate(d.fd, length)
             d.size = length
@@ -208,7 +209,7 @@ class Writer:
                 d.modified = True
                 self._changed(d)
 
-    def _changed(self, d: Dirty) -> None:
+    def _changed(self, d: PendingFile) -> None:
         """First change since the server last had the file, or since an upload failed."""
         # A failed upload's partial copy on the server holds the old bytes: resuming it would
         # mix old and new content, so the next upload starts over.
@@ -217,7 +218,7 @@ class Writer:
             self.save_journal(d)
 
     # --- closing --------------------------------------------------------------------------
-    def flush(self, d: Dirty) -> None:
+    def flush(self, d: PendingFile) -> None:
         """Upload if changed; raise GirderFSError (data kept in the spool) on failure."""
         with d.lock:
             if not d.modified or d.deleted:
@@ -234,7 +235,7 @@ class Writer:
                 self._ensure_retry_thread()
                 raise
 
-    def release(self, d: Dirty) -> None:
+    def release(self, d: PendingFile) -> None:
         """A handle closed; forget the file once nothing is open and the server has it."""
         with self._lock:
             d.handles = max(0, d.handles - 1)
@@ -242,7 +243,7 @@ class Writer:
         if done:
             self._forget(d)
 
-    def discard(self, path: str) -> Dirty | None:
+    def discard(self, path: str) -> PendingFile | None:
         """Drop local changes (the file is being deleted or replaced)."""
         with self._lock:
             d = self._table.get(path)
@@ -268,7 +269,7 @@ class Writer:
             d.file_id = None
             self._remove_files(d)
 
-    def _move(self, old: str, new: str) -> Dirty | None:
+    def _move(self, old: str, new: str) -> PendingFile | None:
         with self._lock:
             d = self._table.pop(old, None)
             if d is not None:
@@ -276,7 +277,7 @@ class Writer:
                 self._table[new] = d
             return d
 
-    def _remove_files(self, d: Dirty) -> None:
+    def _remove_files(self, d: PendingFile) -> None:
         for p in (self._journal(d), self._spool(d)):
             try:
                 os.unlink(p)
@@ -310,7 +311,7 @@ class Writer:
             with d.lock:
                 self.save_journal(d)
 
-    def _forget(self, d: Dirty, keep_open: bool = False) -> None:
+    def _forget(self, d: PendingFile, keep_open: bool = False) -> None:
         with self._lock:
             if self._table.get(d.path) is d:
                 del self._table[d.path]
@@ -321,7 +322,7 @@ class Writer:
             self._remove_files(d)
 
     # --- upload ---------------------------------------------------------------------------
-    def _upload(self, d: Dirty, damaged: int = 0) -> None:
+    def _upload(self, d: PendingFile, damaged: int = 0) -> None:
         os.fsync(d.fd)  # the spool must survive a reboot before the server has it
         size = os.fstat(d.fd).st_size
         offset = 0
@@ -398,7 +399,7 @@ class Writer:
             return self._upload(d, damaged + 1)
         self._finish(d, doc)
 
-    def _begin(self, d: Dirty, size: int) -> dict | None:
+    def _begin(self, d: PendingFile, size: int) -> dict | None:
         """Start an upload; None if the server already has the file."""
         if d.file_id:
             return self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
@@ -425,7 +426,7 @@ class Writer:
                 log.warning('upload of %s: %s; retrying', d.path, exc.reason)
                 self.client.sleep_backoff(attempt)
 
-    def _settled_offset(self, d: Dirty, size: int, quiet: float = 1.0,
+    def _settled_offset(self, d: PendingFile, size: int, quiet: float = 1.0,
                         bound: float = 30.0) -> int | None:
         """The server's offset of an upload an earlier attempt (or mount) sent chunks of, once
         it stops moving: a chunk of that attempt may still be arriving (a proxy or balancer
@@ -443,7 +444,7 @@ class Writer:
             offset = again
         return offset
 
-    def _resume_offset(self, d: Dirty, size: int) -> int | None:
+    def _resume_offset(self, d: PendingFile, size: int) -> int | None:
         """Where the server's copy of the upload ends; None if the server has no such upload."""
         try:
             got = self.client.get('file/offset', kind='upload', uploadId=d.upload_id)
@@ -457,7 +458,7 @@ class Writer:
                      exc.reason)
         return None
 
-    def _completed(self, d: Dirty, size: int) -> bool:
+    def _completed(self, d: PendingFile, size: int) -> bool:
         """Whether a vanished upload of ``d`` did finish: a file of that name with the spool's
         size and sha512 is where it was going. If so, record it as uploaded."""
         c = self.client
@@ -481,7 +482,7 @@ class Writer:
         log.info('upload %s of %s did not finish; starting over', d.upload_id, d.path)
         return False
 
-    def _spool_sha512(self, d: Dirty, size: int) -> str:
+    def _spool_sha512(self, d: PendingFile, size: int) -> str:
         h = hashlib.sha512()
         offset = 0
         while offset < size:
@@ -492,7 +493,7 @@ class Writer:
             offset += len(data)
         return h.hexdigest()
 
-    def _finish(self, d: Dirty, file_doc: dict) -> None:
+    def _finish(self, d: PendingFile, file_doc: dict) -> None:
         d.upload_id = None
         d.modified = False
         d.error = None
@@ -508,7 +509,7 @@ class Writer:
         log.info('uploaded %s (%d bytes)', d.path, file_doc.get('size', 0))
 
     # --- recovery and retries ---------------------------------------------------------------
-    def recover(self) -> list[Dirty]:
+    def recover(self) -> list[PendingFile]:
         """Load this server's journal entries left by an earlier mount; they upload later."""
         found = []
         for name in sorted(os.listdir(self.journal_dir)):
@@ -522,7 +523,7 @@ class Writer:
                 continue
             if doc.get('api_url') != self.client.api_url:
                 continue
-            d = Dirty(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
+            d = PendingFile(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
                       upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0)
             d.ready.set()

@@ -11,7 +11,7 @@ import random
 import pytest
 
 from girderfs.cache import BlockStore
-from girderfs.reader import MiB, Reader, RemoteFile, Stream
+from girderfs.reader import MiB, Reader, ReadPattern, RemoteFile
 
 REQ = 992 * 1024  # the FUSE read size a mount uses (see fuselib.splice_read_size)
 
@@ -49,7 +49,7 @@ def test_reordered_sequential_reads_keep_the_window(stored):
         group = offsets[i:i + 3]
         rng.shuffle(group)
         shuffled += group
-    windows, chunks = read_all(reader, f, shuffled, Stream())
+    windows, chunks = read_all(reader, f, shuffled, ReadPattern())
     assert 0 not in windows[1:], windows
     assert max(windows) == reader.max_window
     got = b''.join(chunks[o] for o in offsets)
@@ -58,7 +58,7 @@ def test_reordered_sequential_reads_keep_the_window(stored):
 
 def test_backwards_and_far_seeks_reset_the_window(stored):
     reader, f, data = stored
-    stream = Stream()
+    stream = ReadPattern()
     windows, _ = read_all(reader, f, [0, REQ, 2 * REQ], stream)
     assert windows[-1] > 0
     # A jump far back is a seek, not reordering.
@@ -66,7 +66,7 @@ def test_backwards_and_far_seeks_reset_the_window(stored):
     assert windows[-1] == 0
     assert chunks[10 * MiB] == data[10 * MiB:10 * MiB + REQ]
     # A reader stepping backwards through the file never looks sequential.
-    stream = Stream()
+    stream = ReadPattern()
     back = list(range(f.size - REQ, 0, -8 * MiB))
     windows, chunks = read_all(reader, f, back, stream)
     assert set(windows) == {0}
