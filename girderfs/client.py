@@ -82,7 +82,6 @@ class GirderClient:
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
         self.session.mount('http://', adapter)
         self.session.mount('https://', adapter)
-        self.auth = Credentials()
         self.use_credentials(credentials or Credentials())
         # Reachability: when the server last failed to answer at all, and who to tell when it
         # answers again (pending uploads, the credentials thread).
@@ -207,7 +206,9 @@ class GirderClient:
                 # (no failure kind: a TLS error, which a second try would not change)
                 if exc.failure is None or not self.policy.again(exc.failure, repeatable,
                                                                  attempt):
-                    exc.retried = attempt > 1 or exc.failure == CONNECT or repeatable
+                    # (a TLS error is final: nobody else should try it again either)
+                    exc.retried = exc.failure is None or \
+                        self.policy.covers(exc.failure, repeatable)
                     raise
                 log.info('%s; trying again', exc.reason)
                 self.sleep_backoff(attempt)
@@ -235,7 +236,8 @@ class GirderClient:
                 try:
                     check(resp, method, path)
                 except GirderFSError as exc:
-                    exc.retried = resp.status_code in RETRY_STATUSES and repeatable
+                    exc.retried = resp.status_code in RETRY_STATUSES and \
+                        self.policy.covers(STATUS, repeatable)
                     raise
             return resp
 

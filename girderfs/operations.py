@@ -117,6 +117,11 @@ def check_new_name(name: str) -> None:
         raise GirderFSError(errno.EINVAL, f'{name!r}: not valid UTF-8') from None
 
 
+def appending(fi: Any) -> bool:
+    """Whether the file was opened with O_APPEND (see ``write``)."""
+    return bool(fi.flags & os.O_APPEND)
+
+
 def split(path: str) -> tuple[str, str]:
     parent, _, name = path.rstrip('/').rpartition('/')
     return parent or '/', name
@@ -275,7 +280,7 @@ class GirderOperations(mfusepy.Operations):
                 self.writer.truncate(d, 0)
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(dirty=d, writable=writing,
-                                            append=bool(fi.flags & os.O_APPEND)))
+                                            append=appending(fi)))
             return 0
         node = self.ns.resolve(path)
         if node.is_dir:
@@ -288,7 +293,7 @@ class GirderOperations(mfusepy.Operations):
             fi.keep_cache = 0
             fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
                 path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC)), writable=True,
-                append=bool(fi.flags & os.O_APPEND)))
+                append=appending(fi)))
             return 0
         ino = self.ns.inode(node)
         with self._handles_lock:
@@ -504,7 +509,7 @@ class GirderOperations(mfusepy.Operations):
             d = self.writer.start(path, parent_kind, parent.id, name)
         fi.keep_cache = 0
         fi.fh = self._new_handle(Handle(dirty=d, writable=True,
-                                        append=bool(fi.flags & os.O_APPEND)))
+                                        append=appending(fi)))
         return 0
 
     @mutating

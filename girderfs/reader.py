@@ -164,6 +164,8 @@ class Reader:
         content, as on a local disk, not fail with ESTALE or report the old size (which the
         kernel would take as the file's size, cutting later reads short).
         """
+        if not self._replaced:  # (on every read: no lock while this mount replaced nothing)
+            return f
         with self._lock:
             newer = self._replaced.get(f.file_id)
         return newer if newer is not None and newer.ckey != f.ckey else f

@@ -44,11 +44,14 @@ class RetryPolicy:
     backoff_max: float = 10.0
     retry_after_max: float = 60.0
 
+    @staticmethod
+    def covers(failure: str, repeatable: bool) -> bool:
+        """Whether a failure of this kind is one that is tried again at all."""
+        return failure == CONNECT or repeatable
+
     def again(self, failure: str, repeatable: bool, attempt: int) -> bool:
         """Whether try number ``attempt`` (from 1), which failed this way, gets another."""
-        if attempt >= self.tries:
-            return False
-        return failure == CONNECT or repeatable
+        return attempt < self.tries and self.covers(failure, repeatable)
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed try number ``attempt``."""
