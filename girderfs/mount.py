@@ -24,6 +24,7 @@ from .hooks import UploadHooks
 from .namespace import Namespace, Node
 from .operations import GirderOperations
 from .reader import Reader
+from .remote import GirderRemote
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -99,10 +100,11 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
                        config.block_size)
     ns = Namespace(client, config.root, ttl=config.attr_timeout, item_check=config.item_check,
                    read_only=config.read_only)
-    reader = Reader(client, store, verify_ttl=config.attr_timeout)
+    remote = GirderRemote(client)
+    reader = Reader(remote, store, verify_ttl=config.attr_timeout)
     writer = None
     if not config.read_only:
-        writer = Writer(client, config.cache_dir, chunk_size=config.upload_chunk_size)
+        writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size)
     ops = GirderOperations(ns, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)

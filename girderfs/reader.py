@@ -22,8 +22,8 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 from .cache import BlockStore, content_key, read_fd
-from .client import GirderClient
 from .errors import GirderFSError
+from .remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -110,13 +110,13 @@ class ReadPattern:
 class Reader:
     """Serves byte ranges of remote files; one per mount, shared by all handles."""
 
-    def __init__(self, client: GirderClient, store: BlockStore, *, workers: int = 8,
+    def __init__(self, remote: Remote, store: BlockStore, *, workers: int = 8,
                  prefetch_workers: int = 4, mem_bytes: int = 32 * MiB, first_window: int = MiB,
                  window_growth: int = 4,
                  max_window: int = 256 * MiB, max_request: int = 64 * MiB,
                  disk_ahead: int = 16 * MiB, wait_timeout: float = 300.0,
                  verify_ttl: float = 5.0) -> None:
-        self.client = client
+        self.remote = remote
         self.store = store
         self.bs = store.block_size
         self.first_window = first_window
@@ -276,14 +276,13 @@ class Reader:
         while True:
             try:
                 self.check_current(f)
-                resp = self.client.download_range(f.file_id, start, stop)
+                stream = self.remote.download(f.file_id, f.size, start, stop)
                 body = bytearray(stop - start)
                 got = 0
                 try:
-                    _check_range(resp, f, start, stop)
-                    got = _read_into(resp, memoryview(body))
+                    got = stream.readinto(memoryview(body))
                 finally:
-                    self.client.finish(resp, got == len(body))
+                    stream.close(got == len(body))
                 if got != len(body):
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short')
                 break
@@ -293,8 +292,7 @@ class Reader:
                 attempt += 1
                 if not self._retry_here(err, attempt):
                     raise err from None
-                self.client.sleep_backoff(attempt)
-        self.client.stats.add_bytes(len(body))
+                self.remote.backoff(attempt)
         out = {}
         view = memoryview(body)
         for p in range(first, last + 1):
@@ -471,7 +469,7 @@ class Reader:
                         self._settle(f, idx, futures[idx], None, exc)
                     return
                 log.warning('retrying read of file %s (%s)', f.file_id, exc.reason)
-                self.client.sleep_backoff(attempt)
+                self.remote.backoff(attempt)
             except BaseException as exc:  # never leave a waiter hanging
                 err = GirderFSError(errno.EIO, f'file {f.file_id}: {type(exc).__name__}: {exc}')
                 log.error('read of file %s failed: %s', f.file_id, err.reason)
@@ -486,7 +484,7 @@ class Reader:
         cut connection, a short or wrong body) is retried here.
         """
         return not (exc.errno in FATAL_ERRNOS or exc.http_status is not None
-                    or exc.retried or attempt >= self.client.policy.tries)
+                    or exc.retried or attempt >= self.remote.policy.tries)
 
     def check_current(self, f: RemoteFile) -> None:
         """Confirm the server still has this content (asks once per TTL); ESTALE if not.
@@ -504,7 +502,7 @@ class Reader:
             seen = f.seen
         if seen is not None and now - seen < self.verify_ttl:
             return
-        doc = self.client.get(f'file/{f.file_id}', kind='verify')
+        doc = self.remote.file(f.file_id, kind='verify')
         if not f.matches(doc):
             raise GirderFSError(errno.ESTALE, f'file {f.file_id} changed on the server since it '
                                               f'was opened; open it again for the new content')
@@ -516,20 +514,18 @@ class Reader:
     def _stream_blocks(self, f: RemoteFile, pending: list[int], futures: dict[int, Future]) -> None:
         start = pending[0] * self.bs
         stop = min(f.size, (pending[-1] + 1) * self.bs)
-        resp = self.client.download_range(f.file_id, start, stop)
+        body = self.remote.download(f.file_id, f.size, start, stop)
         complete = False
         try:
-            _check_range(resp, f, start, stop)
             buf = self._buffer()
             while pending:
                 idx = pending[0]
                 want = self._block_len(f, idx)
                 view = memoryview(buf)[:want]
-                got = _read_into(resp, view)
+                got = body.readinto(view)
                 if got != want:
                     raise GirderFSError(errno.EIO, f'file {f.file_id}: body cut short at block '
                                                    f'{idx} ({got} of {want} bytes)')
-                self.client.stats.add_bytes(want)
                 pending.pop(0)
                 # The block goes to its cache file at once and readers get that file: the
                 # kernel serves it from its page cache, and the buffer is reused.
@@ -545,7 +541,7 @@ class Reader:
             raise GirderFSError(errno.EIO,
                                 f'file {f.file_id}: {type(exc).__name__}: {exc}') from None
         finally:
-            self.client.finish(resp, complete)
+            body.close(complete)
 
     def _buffer(self) -> bytearray:
         """This fetch thread's block buffer (reused: fresh memory costs a page fault a page)."""
@@ -563,47 +559,6 @@ class Written:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         weakref.finalize(self, os.close, fd)
-
-
-def _read_into(resp, view: memoryview) -> int:
-    """Fill ``view`` from a streamed response body; the count read (short only at its end).
-
-    http.client's readinto receives straight into the buffer; urllib3's read() would copy
-    twice more through new objects.
-    """
-    fp = getattr(resp.raw, '_fp', None)
-    readinto = getattr(fp, 'readinto', None)
-    got = 0
-    while got < len(view):
-        if readinto is not None:
-            n = readinto(view[got:])
-        else:
-            chunk = resp.raw.read(len(view) - got)
-            n = len(chunk)
-            view[got:got + n] = chunk
-        if not n:
-            break
-        got += n
-    return got
-
-
-def _check_range(resp, f: RemoteFile, start: int, stop: int) -> None:
-    """Accept only a body that is exactly bytes [start, stop) of a file of the expected size."""
-    if resp.status_code == 206:
-        cr = resp.headers.get('Content-Range', '')
-        expect = f'bytes {start}-{stop - 1}/{f.size}'
-        if cr != expect:
-            raise GirderFSError(errno.EIO, f'file {f.file_id}: Content-Range {cr!r}, '
-                                           f'expected {expect!r} (changed on the server?)')
-    elif resp.status_code == 200:
-        if start != 0 or stop != f.size:
-            raise GirderFSError(errno.EIO, f'file {f.file_id}: server ignored the Range header')
-    else:
-        raise GirderFSError(errno.EIO, f'file {f.file_id}: unexpected HTTP {resp.status_code}')
-    length = resp.headers.get('Content-Length')
-    if length is not None and int(length) != stop - start:
-        raise GirderFSError(errno.EIO, f'file {f.file_id}: Content-Length {length}, '
-                                       f'expected {stop - start}')
 
 
 def _runs(indices: list[int], max_len: int) -> list[list[int]]:

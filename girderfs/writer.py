@@ -21,9 +21,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from .client import GirderClient
 from .errors import GirderFSError
 from .kinds import Kind
+from .remote import Remote
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ class PendingFile:
 class Writer:
     """The table of dirty files, their spool and journal, and the uploads."""
 
-    def __init__(self, client: GirderClient, cache_dir: str, *, chunk_size: int = 64 * MiB,
+    def __init__(self, remote: Remote, cache_dir: str, *, chunk_size: int = 64 * MiB,
                  on_uploaded: Callable[[PendingFile, dict], None] | None = None,
                  retry_interval: float = 30.0) -> None:
-        self.client = client
+        self.remote = remote
         if chunk_size < MIN_CHUNK:
             # Girder answers 400 "Chunk is smaller than the minimum size" to every chunk but
             # the last below its upload_minimum_chunk_size setting (5 MiB by default).
@@ -136,7 +136,7 @@ class Writer:
         tmp = path + '.tmp'
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
-            os.write(fd, json.dumps(d.journal_doc(self.client.api_url)).encode())
+            os.write(fd, json.dumps(d.journal_doc(self.remote.api_url)).encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -355,10 +355,7 @@ class Writer:
         while offset < size:
             n = min(self.chunk_size, size - offset)
             try:
-                doc = self.client.request('POST', 'file/chunk', kind='upload',
-                                          params={'uploadId': d.upload_id, 'offset': offset},
-                                          data=_SpoolSlice(d.fd, offset, n),
-                                          headers={'Content-Type': 'application/octet-stream'})
+                doc = self.remote.send_chunk(d.upload_id, offset, _SpoolSlice(d.fd, offset, n))
                 offset += n
                 d.sent = offset
                 with self._lock:
@@ -373,10 +370,10 @@ class Writer:
                 # client already retried (no connection at all) is not retried on top.
                 attempt += 1
                 if exc.errno not in RETRYABLE and exc.errno != errno.EINVAL or exc.retried \
-                        or attempt >= self.client.policy.tries:
+                        or attempt >= self.remote.policy.tries:
                     raise
                 log.warning('upload of %s: %s; resuming', d.path, exc.reason)
-                self.client.sleep_backoff(attempt)
+                self.remote.backoff(attempt)
                 resumed_any = True
                 resumed = self._resume_offset(d, size)
                 if resumed is None:
@@ -402,14 +399,11 @@ class Writer:
     def _begin(self, d: PendingFile, size: int) -> dict | None:
         """Start an upload; None if the server already has the file."""
         if d.file_id:
-            return self.client.request('PUT', f'file/{d.file_id}/contents', kind='upload',
-                                       params={'size': size})
-        params = {'parentType': d.parent_kind, 'parentId': d.parent_id, 'name': d.name,
-                  'size': size}
+            return self.remote.replace_contents(d.file_id, size)
         if size:
             # Sent twice, it makes a second upload record that is never finished: harmless.
-            return self.client.request('POST', 'file', kind='upload', repeatable=True,
-                                       params=params)
+            return self.remote.begin_upload(d.parent_kind, d.parent_id, d.name, size,
+                                            repeatable=True)
         # An empty file is made at once, so a lost answer must not make two: before sending
         # it again, look whether the first one made it (proven not applied, retry.py).
         attempt = 0
@@ -417,14 +411,15 @@ class Writer:
             if (attempt or d.error) and self._completed(d, 0):
                 return None
             try:
-                return self.client.request('POST', 'file', kind='upload', params=params)
+                return self.remote.begin_upload(d.parent_kind, d.parent_id, d.name, 0,
+                                                repeatable=False)
             except GirderFSError as exc:
                 attempt += 1
                 if exc.errno not in RETRYABLE or exc.retried \
-                        or attempt >= self.client.policy.tries:
+                        or attempt >= self.remote.policy.tries:
                     raise
                 log.warning('upload of %s: %s; retrying', d.path, exc.reason)
-                self.client.sleep_backoff(attempt)
+                self.remote.backoff(attempt)
 
     def _settled_offset(self, d: PendingFile, size: int, quiet: float = 1.0,
                         bound: float = 30.0) -> int | None:
@@ -447,8 +442,7 @@ class Writer:
     def _resume_offset(self, d: PendingFile, size: int) -> int | None:
         """Where the server's copy of the upload ends; None if the server has no such upload."""
         try:
-            got = self.client.get('file/offset', kind='upload', uploadId=d.upload_id)
-            offset = int(got.get('offset', 0))
+            offset = self.remote.upload_offset(d.upload_id)
             if 0 <= offset <= size:
                 return offset
         except GirderFSError as exc:
@@ -461,15 +455,15 @@ class Writer:
     def _completed(self, d: PendingFile, size: int) -> bool:
         """Whether a vanished upload of ``d`` did finish: a file of that name with the spool's
         size and sha512 is where it was going. If so, record it as uploaded."""
-        c = self.client
+        r = self.remote
         if d.file_id:
-            found = [c.get(f'file/{d.file_id}', kind='upload')]
+            found = [r.file(d.file_id, kind='upload')]
         elif d.parent_kind == Kind.ITEM:
-            found = list(c.paginate(f'item/{d.parent_id}/files', kind='upload'))
+            found = list(r.item_files(d.parent_id, kind='upload'))
         else:
             found = []
-            for it in c.paginate('item', kind='upload', folderId=d.parent_id, name=d.name):
-                found += c.paginate(f'item/{it["_id"]}/files', kind='upload')
+            for it in r.folder_items(d.parent_id, d.name, kind='upload'):
+                found += r.item_files(it['_id'], kind='upload')
         found = [f for f in found if f.get('name') == d.name and (f.get('sha512') or size == 0)
                  and int(f.get('size') or 0) == size]
         if found:
@@ -521,7 +515,7 @@ class Writer:
             except (OSError, ValueError) as exc:
                 log.error('unreadable journal entry %s: %s (left in place)', name, exc)
                 continue
-            if doc.get('api_url') != self.client.api_url:
+            if doc.get('api_url') != self.remote.api_url:
                 continue
             d = PendingFile(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
