@@ -1,19 +1,23 @@
-"""HTTP access to one Girder server: auth, timeouts, retries, pagination, byte ranges."""
+"""HTTP access to one Girder server (auth, timeouts, retries, pagination, byte ranges) and to
+the object stores its downloads redirect to (their own connections, no Girder credentials)."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
 
+from . import __version__
 from .auth import API_KEY_ENV, GIVEN, PASSWORD, TOKEN_ENV, Credentials
 from .errors import GirderFSError, errno_for_status
 from .retry import (
@@ -75,13 +79,10 @@ class GirderClient:
         self.timeout = (connect_timeout, read_timeout)
         self.policy = RetryPolicy(tries=retries + 1, backoff=backoff)  # see retry.py
         self.stats = Stats()
-        self.session = requests.Session()
-        self.session.verify = verify
-        self.session.headers['User-Agent'] = 'girderfs'
-        # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
-        self.session.mount('http://', adapter)
-        self.session.mount('https://', adapter)
+        # Girder's connections, and the object stores': the Girder-Token header (and any
+        # cookie Girder sets) travels only on the first, which never follows a redirect.
+        self.session = _session(verify, pool_size)
+        self.objects = _session(verify, pool_size)
         self.use_credentials(credentials or Credentials())
         # Reachability: when the server last failed to answer at all, and who to tell when it
         # answers again (pending uploads, the credentials thread).
@@ -131,26 +132,38 @@ class GirderClient:
         return f'{self.api_url}/{path.lstrip("/")}'
 
     def _send(self, method: str, path: str, kind: str, stream: bool = False,
-              token: str | None = None, **kwargs: Any) -> requests.Response:
+              token: str | None = None, url: str | None = None,
+              **kwargs: Any) -> requests.Response:
+        """One request: to Girder's ``path``, or to an object store's ``url`` (``path`` is then
+        its name without the query, which holds the signature and is never logged)."""
         self.stats.count(kind)
         headers = dict(kwargs.pop('headers', None) or {})
-        if token:
+        if token and url is None:
             headers['Girder-Token'] = token
         if method in ('POST', 'PUT') and 'data' not in kwargs and 'json' not in kwargs:
             headers['Content-Length'] = '0'
         try:
-            resp = self.session.request(method, self._url(path), timeout=self.timeout,
-                                        stream=stream, headers=headers, **kwargs)
+            if url is None:
+                # A redirect is answered to the caller: requests would carry the token there.
+                resp = self.session.request(method, self._url(path), timeout=self.timeout,
+                                            stream=stream, headers=headers,
+                                            allow_redirects=False, **kwargs)
+            else:
+                resp = self.objects.request(method, url, timeout=self.timeout, stream=stream,
+                                            headers=headers, **kwargs)
         except requests.exceptions.SSLError as exc:
-            raise GirderFSError(errno.EIO, f'TLS error talking to {self.api_url}: {exc}') from None
+            where = self.api_url if url is None else path
+            raise GirderFSError(errno.EIO, f'TLS error talking to {where}: '
+                                           f'{_short(exc, url)}') from None
         except requests.RequestException as exc:
-            reason = f'{method} {path}: {type(exc).__name__}: {_short(exc)}'
+            reason = f'{method} {path}: {type(exc).__name__}: {_short(exc, url)}'
             failure = failure_of(exc)
-            if failure == CONNECT:
+            if failure == CONNECT and url is None:
                 # Not a timeout or a dropped keep-alive connection: no connection at all.
                 self._reached(False, reason)
             raise GirderFSError(errno.EIO, reason, failure=failure) from None
-        self._reached(True)
+        if url is None:
+            self._reached(True)
         return resp
 
     def _reached(self, ok: bool, reason: str | None = None) -> None:
@@ -189,7 +202,7 @@ class GirderClient:
 
     def _answer(self, method: str, path: str, kind: str, *, repeatable: bool | None = None,
                 token: str | None | object = _CREDENTIALS, checked: bool = True,
-                **kwargs: Any) -> requests.Response:
+                url: str | None = None, **kwargs: Any) -> requests.Response:
         """The server's answer to one API request, sent again as retry.py says; an HTTP error
         raised as GirderFSError (unless not ``checked``). ``token``: the token to send, instead
         of the credentials' (their own requests)."""
@@ -199,9 +212,10 @@ class GirderClient:
         sent_again = False  # with a new token, after a 401
         while True:
             attempt += 1
-            current = self.auth.token() if token is _CREDENTIALS else token
+            current = None if url is not None else \
+                self.auth.token() if token is _CREDENTIALS else token
             try:
-                resp = self._send(method, path, kind, token=current, **kwargs)
+                resp = self._send(method, path, kind, token=current, url=url, **kwargs)
             except GirderFSError as exc:
                 # (no failure kind: a TLS error, which a second try would not change)
                 if exc.failure is None or not self.policy.again(exc.failure, repeatable,
@@ -234,7 +248,7 @@ class GirderClient:
                 continue
             if checked:
                 try:
-                    check(resp, method, path)
+                    check(resp, method, path, from_girder=url is None)
                 except GirderFSError as exc:
                     exc.retried = resp.status_code in RETRY_STATUSES and \
                         self.policy.covers(STATUS, repeatable)
@@ -277,9 +291,18 @@ class GirderClient:
                 return
 
     def download_range(self, file_id: str, start: int, end: int) -> requests.Response:
-        """Open a streaming ranged download of bytes [start, end) of a file; caller closes it."""
+        """Open a streaming ranged download of bytes [start, end) of a file; caller closes it.
+        A redirect (to an object store, or a link file's target) is answered, not followed."""
         return self._answer('GET', f'file/{file_id}/download', 'download', stream=True,
                             headers={'Range': f'bytes={start}-{end - 1}'})
+
+    def object_request(self, method: str, url: str, kind: str = 'object', *,
+                       repeatable: bool | None = None, checked: bool = True,
+                       **kwargs: Any) -> requests.Response:
+        """A request to a URL Girder handed out (a presigned object-store URL): on the object
+        stores' own connections, without any Girder credential, sent again as retry.py says."""
+        return self._answer(method, redact(url), kind, repeatable=repeatable, token=None,
+                            checked=checked, url=url, **kwargs)
 
     def finish(self, resp: requests.Response, complete: bool) -> None:
         """Done with a streamed response: its connection goes back to the pool if the body was
@@ -296,16 +319,21 @@ class GirderClient:
         time.sleep(self.policy.delay(attempt, retry_after))
 
 
-def check(resp: requests.Response, method: str, path: str) -> None:
+def check(resp: requests.Response, method: str, path: str, from_girder: bool = True) -> None:
     """Raise GirderFSError with the mapped errno if ``resp`` is an HTTP error."""
     if resp.status_code < 400:
         return
     message = ''
-    try:
-        body = resp.json()
-        message = str(body.get('message', '')) if isinstance(body, dict) else ''
-    except ValueError:
-        message = resp.text[:200] if not resp.raw or not resp.raw.closed else ''
+    if not from_girder:
+        # An object store's XML error may quote the request's signature: only its code.
+        code = re.search(r'<Code>([^<]{1,64})</Code>', resp.text[:4096])
+        message = code[1] if code else ''
+    else:
+        try:
+            body = resp.json()
+            message = str(body.get('message', '')) if isinstance(body, dict) else ''
+        except ValueError:
+            message = resp.text[:200] if not resp.raw or not resp.raw.closed else ''
     err = errno_for_status(resp.status_code, message)
     resp.close()
     raise GirderFSError(err, f'{method} {path}: HTTP {resp.status_code} {message}'.strip(),
@@ -318,6 +346,25 @@ def _resendable(kwargs: dict) -> bool:
     return data is None or isinstance(data, (bytes, str, dict, list, tuple))
 
 
-def _short(exc: Exception) -> str:
+def _session(verify: bool | str, pool_size: int) -> requests.Session:
+    session = requests.Session()
+    session.verify = verify
+    session.headers['User-Agent'] = f'girderfs/{__version__}'  # operators see who calls
+    # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount('http://', adapter)
+    session.mount('https://', adapter)
+    return session
+
+
+def redact(url: str) -> str:
+    """A URL without its query and fragment (a presigned URL's signature), for logs."""
+    parts = urlsplit(url)
+    return f'{parts.scheme}://{parts.netloc}{parts.path}'
+
+
+def _short(exc: Exception, url: str | None = None) -> str:
     text = str(exc)
+    if url is not None:  # urllib3 quotes the URL it failed on
+        text = text.replace(url, redact(url)).replace(urlsplit(url).query, '…')
     return text if len(text) < 200 else text[:200] + '…'

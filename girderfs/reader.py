@@ -19,43 +19,17 @@ from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from .cache import BlockStore, content_key, read_fd
+from .cache import BlockStore, read_fd
 from .errors import GirderFSError
-from .remote import Remote
+from .remote import Remote, RemoteFile
 
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 PIECE = 64 << 10  # unit of random reads that miss the block cache
 FATAL_ERRNOS = frozenset({errno.EACCES, errno.ENOENT, errno.EPERM, errno.ESTALE})
-
-
-@dataclass(frozen=True)
-class RemoteFile:
-    """What the reader needs to know about a Girder file."""
-
-    file_id: str
-    size: int
-    ckey: str
-    sha512: str | None = None
-    stamp: str | None = None  # Girder sets 'created' anew when a file's content is replaced
-    # When the server last described this content (time.monotonic()), if the caller knows.
-    seen: float | None = field(default=None, compare=False)
-
-    @classmethod
-    def from_doc(cls, doc: dict, seen: float | None = None) -> RemoteFile:
-        return cls(doc['_id'], int(doc.get('size') or 0), content_key(doc), doc.get('sha512'),
-                   doc.get('updated') or doc.get('created'), seen)
-
-    def matches(self, doc: dict) -> bool:
-        """Whether a fresh file document still describes this content."""
-        if int(doc.get('size') or 0) != self.size:
-            return False
-        if self.sha512 and doc.get('sha512'):
-            return doc['sha512'] == self.sha512
-        return (doc.get('updated') or doc.get('created')) == self.stamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,7 +250,7 @@ class Reader:
         while True:
             try:
                 self.check_current(f)
-                stream = self.remote.download(f.file_id, f.size, start, stop)
+                stream = self.remote.download(f, start, stop)
                 body = bytearray(stop - start)
                 got = 0
                 try:
@@ -514,7 +488,7 @@ class Reader:
     def _stream_blocks(self, f: RemoteFile, pending: list[int], futures: dict[int, Future]) -> None:
         start = pending[0] * self.bs
         stop = min(f.size, (pending[-1] + 1) * self.bs)
-        body = self.remote.download(f.file_id, f.size, start, stop)
+        body = self.remote.download(f, start, stop)
         complete = False
         try:
             buf = self._buffer()

@@ -182,3 +182,22 @@ def proxy(girder):
     p = FaultProxy(girder.url, seed=7).start()
     yield p
     p.stop()
+
+
+@pytest.fixture(scope='session')
+def object_store(girder):
+    """A moto S3 server behind a recording fault proxy, as an S3 assetstore of the test server
+    (tests/objectstore.py); started once, when first asked for."""
+    from objectstore import ObjectStore
+
+    store = ObjectStore(girder).start()
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def on_s3(object_store):
+    """Girder's current assetstore is the S3 one for this test; the proxy's rules are cleared."""
+    with object_store.current():
+        yield object_store
+    object_store.front.clear()

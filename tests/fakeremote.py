@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 from girderfs.client import Stats
 from girderfs.errors import GirderFSError
+from girderfs.remote import RemoteFile
 from girderfs.retry import LOST, STATUS, RetryPolicy
 
 API_URL = 'http://fake.invalid/api/v1'
@@ -98,7 +99,8 @@ class MemoryRemote:
             self._called('file', file_id)
             return dict(self._file(file_id))
 
-    def download(self, file_id: str, size: int, start: int, stop: int) -> MemoryBody:
+    def download(self, f: RemoteFile, start: int, stop: int) -> MemoryBody:
+        file_id, size = f.file_id, f.size
         with self.lock:
             self._called('download', file_id, start, stop)
             doc = self._file(file_id)
@@ -168,6 +170,15 @@ class MemoryRemote:
             self._called('folder_items', folder_id, name)
             return iter([dict(i) for i in self.items.values()
                          if i['folderId'] == folder_id and i['name'] == name])
+
+    def set_metadata(self, model: str, doc_id: str, meta: dict) -> dict:
+        with self.lock:
+            self._called('set_metadata', model, doc_id, dict(meta))
+            if model != 'item' or doc_id not in self.items:
+                raise GirderFSError(errno.ENOENT, f'PUT {model}/{doc_id}/metadata: HTTP 400 '
+                                                  f'Invalid {model} id', http_status=400)
+            self.items[doc_id].setdefault('meta', {}).update(meta)
+            return dict(self.items[doc_id])
 
     # --- the model (called with self.lock held) -------------------------------------------
     def _called(self, *call) -> None:
@@ -279,8 +290,8 @@ class FaultyRemote(MemoryRemote):
     def file(self, file_id: str, kind: str = 'api') -> dict:
         return self._apply('file', super().file, file_id, kind)[0]
 
-    def download(self, file_id: str, size: int, start: int, stop: int) -> MemoryBody:
-        body, fault = self._apply('download', super().download, file_id, size, start, stop)
+    def download(self, f: RemoteFile, start: int, stop: int) -> MemoryBody:
+        body, fault = self._apply('download', super().download, f, start, stop)
         if fault == 'hold':
             self.held.release()
             if not self.released.wait(30):

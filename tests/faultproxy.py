@@ -18,9 +18,10 @@
 Rules are tried in the order they were added; the first one that matches (``method``, a regex
 ``path`` searched in the request target, its remaining ``count`` and its ``fraction``) fires.
 Every request is recorded in ``proxy.log`` as (method, target, outcome) where outcome is the
-status relayed or the name of the fault. Bodies are streamed, never held whole in memory.
-Only what Girder and python-requests use is supported: Content-Length or chunked bodies,
-keep-alive connections, no ``Expect: 100-continue``.
+status relayed or the name of the fault, and its headers (names in lower case) in
+``proxy.heads`` as (method, target, headers). Bodies are streamed, never held whole in memory.
+Only what Girder, python-requests and boto use is supported: Content-Length or chunked
+bodies, keep-alive connections, ``Expect: 100-continue`` (answered by the proxy itself).
 """
 
 from __future__ import annotations
@@ -171,6 +172,7 @@ class FaultProxy:
         self.rng = random.Random(seed)
         self.rules: list[Rule] = []
         self.log: list[tuple[str, str, str]] = []
+        self.heads: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
@@ -286,6 +288,14 @@ class FaultProxy:
                 except _Closed:
                     return
                 method, target, _ = start.decode('latin-1').split(' ', 2)
+                with self._lock:
+                    self.heads.append((method, target, {k.lower(): v for k, v in headers}))
+                if (_header(headers, 'expect') or '').lower() == '100-continue':
+                    # (boto's PUTs) Answer it here, and forward the request without it.
+                    client.sendall(b'HTTP/1.1 100 Continue\r\n\r\n')
+                    kept = [line for line in raw_head.split(b'\r\n')[:-2]
+                            if not line.lower().startswith(b'expect:')]
+                    raw_head = b'\r\n'.join(kept) + b'\r\n\r\n'
                 rule = self._pick(method, target)
                 action = rule.action if rule else None
                 if action == 'answer':  # a broken server: HTML, invalid JSON, ...

@@ -31,6 +31,6 @@ stamp=.venv/.girderfs-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip </dev/null 2>&1 | grep -v '^WARNING' || true
   .venv/bin/python -m pip install -q -e '.[dev,server]' </dev/null 2>&1 | grep -v '^WARNING' || true
-  .venv/bin/python -c 'import girderfs, girder, mongomock, mfusepy' 
+  .venv/bin/python -c 'import girderfs, girder, mongomock, mfusepy, moto.server' 
   touch "$stamp"
 fi
