@@ -234,12 +234,12 @@ class Reader:
                       hi: int) -> bytes | None:
         """Bytes [lo, hi) of the file from a stored block or piece starting at ``base``."""
         got = self.store.open_block(f.ckey, index, length)
-        if isinstance(got, int):
-            try:
-                return read_fd(got, lo - base, hi - lo)
-            finally:
-                os.close(got)
-        return None if got is None else got[lo - base:hi - base]
+        if got is None:
+            return None
+        try:
+            return read_fd(got, lo - base, hi - lo)
+        finally:
+            os.close(got)
 
     def _piece_len(self, f: RemoteFile, p: int) -> int:
         return min(PIECE, f.size - p * PIECE)
@@ -318,8 +318,7 @@ class Reader:
                     got = self.store.open_block(f.ckey, idx, self._block_len(f, idx))
                     if got is not None:
                         from_disk += 1
-                        out[idx] = FdPart(got, 0, self._block_len(f, idx)) \
-                            if isinstance(got, int) else got
+                        out[idx] = FdPart(got, 0, self._block_len(f, idx))
                         continue
                     fut = self._queue(f.ckey, idx, fetch)
                 out[idx] = fut

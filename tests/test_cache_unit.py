@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 import time
 
 import pytest
 
-from girderfs.cache import BlockStore, read_fd
+from girderfs.cache import BlockStore, index, read_fd
 from girderfs.cache.blocks import FD_CACHE
+from girderfs.cache.index import BlockIndex
 
 BS = 64 * 1024
+MiB = 1 << 20
 
 
 @pytest.fixture
@@ -84,7 +87,7 @@ def test_block_sizes_do_not_share_keys(tmp_path):
 
 
 def test_hits_reach_the_lru_order(stores, tmp_path):
-    """Hits found without SQLite are written to diskcache's access times in batches, so the
+    """Hits found without SQLite are written to the index's use times in batches, so the
     block read last is evicted last."""
     a, _ = stores
     for i in range(4):
@@ -92,9 +95,9 @@ def test_hits_reach_the_lru_order(stores, tmp_path):
     time.sleep(0.05)
     assert a.get('k', 0, BS) == bytes([0]) * BS
     a._flush_touches()
-    con = sqlite3.connect(tmp_path / 'blocks' / 'cache.db')
+    con = sqlite3.connect(tmp_path / 'blocks' / index.NAME)
     try:
-        rows = con.execute('SELECT key FROM Cache ORDER BY access_time').fetchall()
+        rows = con.execute('SELECT key FROM blocks ORDER BY used').fetchall()
     finally:
         con.close()
     assert rows[-1][0] == a._key('k', 0)
@@ -157,9 +160,9 @@ def test_batches_larger_than_the_bound_are_evicted(tmp_path):
             os.close(s.write_block('k', i, bytes([i % 256]) * BS))
             if i % 50 == 49 and i > 100:  # past the bound
                 assert s.flush(30)
-                # Evicted down to the index's bound, not far below it (diskcache's cull
-                # takes ten rows at a time); the directory within --cache-size.
-                assert s._cache.size_limit - 2 * BS < s.volume() <= s._cache.size_limit
+                # Evicted down to the index's bound, not far below it (a fixed number of
+                # rows at a time would overshoot); the directory within --cache-size.
+                assert s.index_limit - 2 * BS < s.volume() <= s.index_limit
                 assert sum(os.path.getsize(f) for f in block_files(s)) <= limit
         assert s.get('k', 399, BS) == bytes([399 % 256]) * BS  # the most recent stays
     finally:
@@ -240,5 +243,149 @@ def test_writer_outlives_an_unexpected_error(tmp_path, monkeypatch):
         store(s, 1, b'b' * BS)  # flush() returns: rows are still added
         assert s._writer.is_alive()
         assert s.get('k', 1, BS) == b'b' * BS
+    finally:
+        s.close()
+
+
+# --- the index of our own (cache/index.py) ---------------------------------------------------
+
+def rows_of(n: int, size: int = MiB, first: int = 0) -> list[tuple[str, str, int]]:
+    return [(f'k#{i}', f'00/{i}.val', size) for i in range(first, first + n)]
+
+
+def test_index_survives_a_reopen_with_its_lru_order(tmp_path):
+    idx = BlockIndex(str(tmp_path))
+    idx.add(rows_of(3), now=100.0)
+    idx.touch({'k#0': 200.0})
+    idx.close()
+    again = BlockIndex(str(tmp_path))
+    try:
+        assert again.lookup('k#1') == ('00/1.val', MiB)
+        assert again.keys_by_use() == ['k#1', 'k#2', 'k#0']
+        assert again.volume() >= 3 * MiB
+    finally:
+        again.close()
+
+
+def test_store_serves_blocks_after_a_reopen(tmp_path):
+    s = BlockStore(str(tmp_path / 'b'), 64 * BS, BS)
+    store(s, 2, b'r' * BS)
+    s.close()
+    s = BlockStore(str(tmp_path / 'b'), 64 * BS, BS)
+    try:
+        assert s.get('k', 2, BS) == b'r' * BS
+    finally:
+        s.close()
+
+
+def test_eviction_takes_the_least_recently_used_first_and_only_enough(tmp_path):
+    idx = BlockIndex(str(tmp_path))
+    try:
+        idx.add(rows_of(4), now=100.0)
+        idx.touch({'k#0': 300.0, 'k#2': 200.0})  # order now: 1, 3, 2, 0
+        limit = idx.volume() - MiB - MiB // 2  # room for one and a half blocks less
+        assert idx.evict(limit) == ['00/1.val', '00/3.val']
+        assert idx.volume() <= limit
+        assert idx.keys_by_use() == ['k#2', 'k#0']
+        assert idx.evict(limit) == []  # within the bound: nothing more goes
+    finally:
+        idx.close()
+
+
+def test_total_follows_rows_added_and_removed(tmp_path):
+    idx = BlockIndex(str(tmp_path))
+    try:
+        assert idx.add(rows_of(3, size=1000), now=1.0) == {'k#0', 'k#1', 'k#2'}
+        # A key another mount indexed first keeps its file: ours is not taken.
+        assert idx.add([('k#1', 'ff/other.val', 1000)], now=2.0) == set()
+        assert idx.remove('k#0') == '00/0.val' and idx.remove('k#0') is None
+        con = sqlite3.connect(tmp_path / index.NAME)
+        try:
+            (total,), (summed,) = (con.execute('SELECT bytes FROM total').fetchone(),
+                                   con.execute('SELECT SUM(size) FROM blocks').fetchone())
+        finally:
+            con.close()
+        assert total == summed == 2000
+    finally:
+        idx.close()
+
+
+def test_two_indexes_on_one_directory_add_and_evict_at_once(tmp_path):
+    """Two mounts: rows added and evicted concurrently by both stay consistent."""
+    a, b = BlockIndex(str(tmp_path)), BlockIndex(str(tmp_path))
+    errors = []
+
+    def work(idx: BlockIndex, first: int) -> None:
+        try:
+            for n in range(20):
+                idx.add(rows_of(5, size=1000, first=first + 5 * n), now=time.time())
+                idx.lookup(f'k#{first}')
+                idx.evict(idx.volume() - 2000 if n % 5 == 4 else 1 << 40)
+        except Exception as exc:  # reported by the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(idx, first))
+               for idx, first in ((a, 0), (b, 1000), (a, 2000), (b, 3000))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors
+        keys = a.keys_by_use()
+        assert len(keys) == len(set(keys)) and 0 < len(keys) < 400
+        con = sqlite3.connect(tmp_path / index.NAME)
+        try:
+            assert con.execute('SELECT bytes FROM total').fetchone()[0] == 1000 * len(keys)
+        finally:
+            con.close()
+    finally:
+        a.close()
+        b.close()
+
+
+def legacy_cache(directory, rows) -> None:
+    """A cache directory as girderfs left it when diskcache kept the index (its schema's
+    columns that matter here)."""
+    os.makedirs(directory, exist_ok=True)
+    con = sqlite3.connect(os.path.join(directory, index.LEGACY))
+    con.execute('CREATE TABLE Cache (rowid INTEGER PRIMARY KEY, key BLOB, raw INTEGER,'
+                ' store_time REAL, expire_time REAL, access_time REAL, access_count INTEGER,'
+                ' tag BLOB, size INTEGER, mode INTEGER, filename TEXT, value BLOB)')
+    con.executemany('INSERT INTO Cache(key, raw, access_time, size, mode, filename, value)'
+                    ' VALUES (?, 1, ?, ?, 4, ?, ?)', rows)
+    con.commit()
+    con.close()
+
+
+def test_an_index_left_by_diskcache_is_taken_over(tmp_path):
+    cache_dir = tmp_path / 'cache'
+    directory = cache_dir / 'blocks'
+    (cache_dir / 'spool').mkdir(parents=True)
+    (cache_dir / 'spool' / 'upload').write_bytes(b'pending')
+    os.makedirs(directory / 'ab')
+    (directory / 'ab' / 'old.val').write_bytes(b'o' * BS)
+    key = f'k#0@{BS}'
+    legacy_cache(str(directory), [(key, 5.0, BS, 'ab/old.val', None),
+                                  (f'k#1@{BS}', 6.0, 3, None, b'abc')])  # inline: dropped
+    s = BlockStore(str(directory), 64 * BS, BS)
+    try:
+        assert s.get('k', 0, BS) == b'o' * BS
+        assert not s.contains('k', 1)
+        assert not os.path.exists(directory / index.LEGACY)
+        assert (cache_dir / 'spool' / 'upload').read_bytes() == b'pending'
+    finally:
+        s.close()
+
+
+def test_an_unreadable_previous_index_is_discarded(tmp_path):
+    directory = tmp_path / 'blocks'
+    directory.mkdir()
+    (directory / index.LEGACY).write_bytes(b'not a database' * 100)
+    s = BlockStore(str(directory), 64 * BS, BS)
+    try:
+        assert not os.path.exists(directory / index.LEGACY)
+        store(s, 0, b'n' * BS)
+        assert s.get('k', 0, BS) == b'n' * BS
     finally:
         s.close()

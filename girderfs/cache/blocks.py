@@ -1,23 +1,21 @@
 """A size-bounded, LRU, on-disk store of file blocks, keyed by file content.
 
-Backed by diskcache (SQLite index + files), which is safe across threads and processes, so two
-mounts may share one cache directory and blocks survive a remount.
+Each block is a file of its own (``xx/<hex>.val``); a SQLite index of our own (index.py) names
+them. Both are safe across threads and processes, so two mounts may share one cache directory
+and blocks survive a remount.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from typing import NamedTuple
 
-import diskcache
+from .index import BlockIndex
 
 log = logging.getLogger(__name__)
 
@@ -25,39 +23,19 @@ WHERE_MAX = 1 << 17  # block locations remembered (about 20 MiB of memory at mos
 TOUCH_INTERVAL = 2.0  # seconds between batched LRU updates
 ROW_WAIT = 0.05  # longest a written block waits for its index row
 FD_CACHE = 256  # block files kept open (see _keep_fd)
-# Disk use of the cache directory that diskcache does not count: SQLite's write-ahead log (about
-# 4 MiB before a checkpoint) and the 256 subdirectories.
+# Disk use of the cache directory that the index does not count: SQLite's write-ahead log
+# (about 4 MiB before a checkpoint) and the 256 subdirectories.
 UNCOUNTED = 5 << 20
 
 
-class _BlockDisk(diskcache.Disk):
-    """diskcache's Disk, writing a value file with one write call.
+def _new_filename() -> str:
+    """A new block file's name, relative to the cache directory.
 
-    diskcache iterates a BytesIO, which yields *lines*: binary data was written in thousands
-    of small writes per MiB, and that was the largest CPU cost of a cold read.
+    One level of 256 directories (diskcache, used before, made 65,536 and made and removed a
+    directory per new file: mkdir was 6% of a cold read's CPU).
     """
-
-    def _write(self, full_path, iterator, mode, encoding=None):
-        if isinstance(iterator, io.BytesIO):
-            iterator = [iterator.getvalue()]  # shares the bytes, no copy
-        return super()._write(full_path, iterator, mode, encoding)
-
-    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
-        # One level of 256 directories, not diskcache's 65,536: it makes and removes a
-        # directory per new file otherwise (mkdir was 6% of a cold read's CPU).
-        name = os.urandom(16).hex()
-        filename = os.path.join(name[:2], name[2:] + '.val')
-        return filename, os.path.join(self._directory, filename)
-
-    def store(self, value, read, key=diskcache.core.UNKNOWN):
-        if isinstance(value, _Adopted):  # a file BlockStore.write_block already wrote
-            return value.size, diskcache.core.MODE_BINARY, value.filename, None
-        return super().store(value, read, key=key)
-
-
-class _Adopted(NamedTuple):
-    filename: str  # relative to the cache directory, as diskcache names it
-    size: int
+    name = os.urandom(16).hex()
+    return os.path.join(name[:2], name[2:] + '.val')
 
 
 def read_fd(fd: int, pos: int, size: int) -> bytes | None:
@@ -89,22 +67,16 @@ class BlockStore:
         self.block_size = block_size
         self.size_limit = size_limit
         self._directory = directory
-        # Our threads take turns at SQLite: contending for its own lock, they back off in sleeps
-        # of milliseconds.
-        self._sql = threading.Lock()
         # Rows are added in batches (a transaction per block cost 0.3-0.4 s of CPU per GiB
         # downloaded, mostly GIL hand-offs around SQLite calls), but unindexed bytes escape
         # eviction, so a batch is a small share of the bound: 16 MiB of 10 GiB, one block of
         # a 16 MiB cache.
         self._batch_bytes = max(block_size, min(16 << 20, size_limit // 64))
-        # size_limit bounds the whole directory: diskcache evicts down to what is left once
-        # a batch and what it does not count have room.
-        index_limit = max(size_limit // 2, size_limit - self._batch_bytes - UNCOUNTED)
-        # disk_min_file_size=0: every block is a file of its own, so reads can hand FUSE a file
-        # descriptor instead of bytes (see open_block).
-        self._cache = diskcache.Cache(
-            directory, timeout=30, disk=_BlockDisk, size_limit=index_limit,
-            eviction_policy='least-recently-used', cull_limit=16, disk_min_file_size=0)
+        # size_limit bounds the whole directory: blocks are evicted down to what is left once
+        # a batch and what the index does not count have room. Every block is a file of its
+        # own, so reads can hand FUSE a file descriptor instead of bytes (see open_block).
+        self.index_limit = max(size_limit // 2, size_limit - self._batch_bytes - UNCOUNTED)
+        self._index = BlockIndex(directory)
         # Where each block's file is, so a hit costs no SQLite work; entries of blocks evicted
         # since (by us or by another mount sharing the directory) fail to open and are dropped.
         self._where: OrderedDict[str, tuple[str, int]] = OrderedDict()
@@ -112,11 +84,10 @@ class BlockStore:
         # Hits found through _where update the LRU order in batches, from the writer thread.
         self._touched: dict[str, float] = {}
         self._fds: OrderedDict[str, int] = OrderedDict()  # key -> open file (under _where_lock)
-        self._lookup_con: sqlite3.Connection | None = None
         self._dirs: set[str] = set()  # subdirectories known to exist (under _where_lock)
         # Block files are written by the threads that download them; their SQLite rows are
         # added by one background thread, so downloads never wait on SQLite.
-        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, _Adopted)
+        self._rows: queue.SimpleQueue = queue.SimpleQueue()  # (key, filename, size)
         self._wake = threading.Condition(threading.Lock())  # guards the four fields below
         self._unindexed = 0  # bytes written whose rows are not added yet
         self._written = 0  # blocks written so far ...
@@ -137,18 +108,15 @@ class BlockStore:
     def get(self, ckey: str, index: int | str, expected_len: int) -> bytes | None:
         """A stored block, or None if absent or not of the expected length."""
         got = self.open_block(ckey, index, expected_len)
-        if not isinstance(got, int):
-            return got
+        if got is None:
+            return None
         try:
             return read_fd(got, 0, expected_len)
         finally:
             os.close(got)
 
-    def open_block(self, ckey: str, index: int | str, expected_len: int) -> int | bytes | None:
-        """A stored block as an open file descriptor (the caller closes it), or None.
-
-        Blocks written before every block became a file come back as bytes.
-        """
+    def open_block(self, ckey: str, index: int | str, expected_len: int) -> int | None:
+        """A stored block as an open file descriptor (the caller closes it), or None."""
         key = self._key(ckey, index)
         for _ in range(2):
             where = self._locate(key)
@@ -156,13 +124,11 @@ class BlockStore:
                 break
             fd = self._cached_fd(key)
             if fd is not None:
-                if isinstance(where, tuple) and where[1] == expected_len:
+                if where[1] == expected_len:
                     with self._where_lock:
                         self._touched[key] = time.time()
                     return fd
                 os.close(fd)
-            if isinstance(where, bytes):
-                return where if len(where) == expected_len else None
             path, size = where
             if size != expected_len:
                 self.discard(ckey, index)
@@ -188,8 +154,8 @@ class BlockStore:
         """
         key = self._key(ckey, index)
         where = self._locate(key)
-        if not isinstance(where, tuple):
-            return where is not None
+        if where is None:
+            return False
         try:
             fd = os.open(where[0], os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
@@ -205,49 +171,30 @@ class BlockStore:
             os.close(fd)
         return True
 
-    def _locate(self, key: str) -> tuple[str, int] | bytes | None:
-        """Path and size of a stored block's file (its bytes if stored inline); None if absent.
+    def _locate(self, key: str) -> tuple[str, int] | None:
+        """Path and size of a stored block's file; None if absent.
 
-        diskcache writes a value's file before its row, and a file never changes: the stored
-        size is the file's size.
+        A block's file is written before its row and never changes: the indexed size is the
+        file's size.
         """
         with self._where_lock:
             where = self._where.get(key)
         if where is not None:
             return where
         try:
-            with self._sql:
-                row = self._lookups().execute(  # diskcache's schema; a read, no LRU write
-                    'SELECT filename, value, size FROM Cache WHERE key = ? AND raw = 1',
-                    (key,)).fetchone()
+            row = self._index.lookup(key)  # a read, no LRU write
         except Exception as exc:  # a damaged cache must never fail a read
             log.warning('block cache lookup failed (%s); fetching from the server', exc)
             return None
         if row is None:
             return None
-        filename, value, size = row
-        if filename is None:
-            return bytes(value) if isinstance(value, bytes | memoryview) else None
+        filename, size = row
         where = (os.path.join(self._directory, filename), size)
         with self._where_lock:
             self._where[key] = where
             if len(self._where) > WHERE_MAX:
                 self._where.popitem(last=False)
         return where
-
-    def _lookups(self) -> sqlite3.Connection:
-        """One connection for all lookups (used under _sql).
-
-        diskcache gives each thread its own connection, each with a cold page cache: with
-        FUSE's many threads, a lookup after the OS page cache was dropped read 3-4 pages from
-        disk (random 4 KiB reads through the mount took 0.9 ms instead of 0.3 ms).
-        """
-        if self._lookup_con is None:
-            self._lookup_con = sqlite3.connect(
-                os.path.join(self._directory, diskcache.core.DBNAME), timeout=30,
-                check_same_thread=False, isolation_level=None)
-            self._lookup_con.execute('PRAGMA cache_size = -16384')  # KiB
-        return self._lookup_con
 
     def _forget(self, key: str) -> None:
         with self._where_lock:
@@ -317,64 +264,31 @@ class BlockStore:
         if not rows:
             self._indexed_up_to(written, 0)
             return
-        with self._sql:
-            try:
-                taken = self._insert_rows(rows)
-            except Exception as exc:
-                log.warning('block cache index update failed: %s', exc)
-                taken = set()
-            try:
-                self._evict()
-            except Exception as exc:  # the rows are in: their files must stay
-                log.warning('block cache eviction failed: %s', exc)
-        for key, adopted in rows:
+        try:
+            # One transaction a batch: one per block cost 0.3-0.4 s of CPU per GiB.
+            taken = self._index.add(rows, time.time())
+        except Exception as exc:
+            log.warning('block cache index update failed: %s', exc)
+            taken = set()
+        try:
+            self._evict()
+        except Exception as exc:  # the rows are in: their files must stay
+            log.warning('block cache eviction failed: %s', exc)
+        for key, filename, _ in rows:
             if key not in taken:  # not indexed: the file must not outlive this process
                 self._forget(key)
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(self._directory, adopted.filename))
-        self._indexed_up_to(written, sum(adopted.size for _, adopted in rows))
-
-    def _insert_rows(self, rows: list[tuple[str, _Adopted]]) -> set[str]:
-        """Add rows in diskcache's schema in one statement; the keys now naming our files.
-
-        (Cache.set runs five statements a row, each a GIL hand-off: 25 futex calls a block.)
-        A key may already have a row: another mount sharing the directory stored the same
-        block meanwhile. Its file stays and ours goes.
-        """
-        now = time.time()
-        with self._cache.transact():
-            con = self._cache._con  # diskcache's connection, in its transaction
-            cur = con.executemany(
-                'INSERT OR IGNORE INTO Cache(key, raw, store_time, expire_time, access_time,'
-                ' access_count, tag, size, mode, filename, value)'
-                ' VALUES (?, 1, ?, NULL, ?, 0, NULL, ?, ?, ?, NULL)',
-                [(key, now, now, a.size, diskcache.core.MODE_BINARY, a.filename)
-                 for key, a in rows])
-            if cur.rowcount == len(rows):  # summed over the rows by executemany
-                return {key for key, _ in rows}
-            return {key for key, a in rows if con.execute(
-                'SELECT 1 FROM Cache WHERE key = ? AND raw = 1 AND filename = ?',
-                (key, a.filename)).fetchone()}
+                self._remove_file(filename)
+        self._indexed_up_to(written, sum(size for _, _, size in rows))
 
     def _evict(self) -> None:
-        """Evict least recently used blocks until the index is within its bound (used under
-        _sql). As many as needed: diskcache's cull takes ten at a time, which emptied a 16 MiB
-        cache of 1 MiB blocks down to 2 MiB."""
-        if self._cache.volume() <= self._cache.size_limit:
-            return
-        victims = []
-        with self._cache.transact():  # measured again inside: another mount may evict too
-            over = self._cache.volume() - self._cache.size_limit
-            con = self._cache._con
-            rows = con.execute(  # diskcache's access_time index
-                'SELECT rowid, filename, size FROM Cache ORDER BY access_time')
-            while over > 0 and (row := rows.fetchone()) is not None:
-                victims.append(row[:2])
-                over -= row[2]
-            con.executemany('DELETE FROM Cache WHERE rowid = ?', [(r,) for r, _ in victims])
-        for _, filename in victims:  # after the commit: a reader may still find the row before
-            if filename:
-                self._cache.disk.remove(filename)
+        """Evict least recently used blocks until the index is within its bound, as many as
+        needed (taking a fixed number at a time once emptied a 16 MiB cache down to 2 MiB)."""
+        for filename in self._index.evict(self.index_limit):
+            self._remove_file(filename)  # after the commit: a reader may find the row before
+
+    def _remove_file(self, filename: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self._directory, filename))
 
     def _indexed_up_to(self, written: int, size: int) -> None:
         with self._wake:
@@ -383,16 +297,13 @@ class BlockStore:
             self._wake.notify_all()
 
     def _flush_touches(self) -> None:
-        """Record batched cache hits in diskcache's LRU order (its access_time column)."""
+        """Record batched cache hits in the index's LRU order (one transaction)."""
         with self._where_lock:
             touched, self._touched = self._touched, {}
         if not touched:
             return
         try:
-            with self._sql, self._cache.transact():
-                for key, when in touched.items():
-                    self._cache._sql('UPDATE Cache SET access_time = ? WHERE key = ? AND raw = 1',
-                                     (when, key))
+            self._index.touch(touched)
         except Exception as exc:
             log.debug('could not record cache hits: %s', exc)
 
@@ -404,7 +315,8 @@ class BlockStore:
         is stored).
         """
         key = self._key(ckey, index)
-        filename, path = self._cache.disk.filename(key)
+        filename = _new_filename()
+        path = os.path.join(self._directory, filename)
         try:
             fd = self._create(path)
         except OSError as exc:
@@ -423,7 +335,7 @@ class BlockStore:
         with self._where_lock:
             self._where[key] = (path, len(data))
         self._keep_fd(key, fd)
-        self._rows.put((key, _Adopted(filename, len(data))))
+        self._rows.put((key, filename, len(data)))
         with self._wake:
             self._written += 1
             first = not self._unindexed
@@ -497,9 +409,7 @@ class BlockStore:
                     if entry.name.endswith('.val') and entry.is_file(follow_symlinks=False) \
                             and entry.stat(follow_symlinks=False).st_mtime < cutoff:
                         candidates.append((os.path.join(sub.name, entry.name), entry.path))
-            with self._sql:
-                named = {row[0] for row in self._lookups().execute(
-                    'SELECT filename FROM Cache WHERE filename IS NOT NULL')}
+            named = self._index.filenames()
             removed = 0
             for rel, path in candidates:
                 if rel not in named:
@@ -514,18 +424,24 @@ class BlockStore:
         return removed
 
     def contains(self, ckey: str, index: int) -> bool:
+        """Whether a block is stored (in the index, or written and about to be)."""
         return self._locate(self._key(ckey, index)) is not None
 
     def discard(self, ckey: str, index: int | str) -> None:
-        self._forget(self._key(ckey, index))
+        """Remove a block: its row, its file, what this store remembers of it."""
+        key = self._key(ckey, index)
+        self._forget(key)
         try:
-            with self._sql:
-                self._cache.delete(self._key(ckey, index))
-        except Exception:
-            pass
+            filename = self._index.remove(key)
+        except Exception as exc:
+            log.debug('could not discard a cached block: %s', exc)
+            return
+        if filename is not None:
+            self._remove_file(filename)
 
     def volume(self) -> int:
-        return self._cache.volume()
+        """Bytes the cache takes: indexed blocks and the index file."""
+        return self._index.volume()
 
     def close(self) -> None:
         self.flush()
@@ -533,11 +449,7 @@ class BlockStore:
             self._closing = True
             self._wake.notify_all()
         self._writer.join(timeout=10)
-        self._cache.close()
-        with self._sql:
-            if self._lookup_con is not None:
-                self._lookup_con.close()
-                self._lookup_con = None
+        self._index.close()
         with self._where_lock:
             fds, self._fds = list(self._fds.values()), OrderedDict()
         for fd in fds:
