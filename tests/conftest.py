@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.girder_server import GirderServer  # noqa: E402
+from testsupport.girder_server import GirderServer  # noqa: E402
 
 
 def girderfs_cmd() -> list[str]:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Read benchmark for girderfs (issue 3): a benchmark, not a test.
 
-Starts the real Girder test server (tools/girder_server.py, mongomock with --fast-index),
+Starts the real Girder test server (testsupport/girder_server.py, mongomock with --fast-index),
 uploads test files, mounts it with the real ``girderfs mount`` command (in the background, with
 its own cache dir) and measures, side by side in the same run:
 
@@ -55,7 +55,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.girder_server import GirderServer  # noqa: E402
+from testsupport.girder_server import GirderServer  # noqa: E402
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -1130,7 +1130,7 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
     m = meta['machine']
     lines.append(f"machine   {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, "
                  f"Linux {m['kernel']}, Python {m['python']}")
-    lines.append(f"server    Girder {meta['girder_version']} (tools/girder_server.py, "
+    lines.append(f"server    Girder {meta['girder_version']} (testsupport/girder_server.py, "
                  f"mongomock + fast index, filesystem assetstore, loopback)")
     lines.append(f"girderfs  {meta['girderfs_version']} ({' '.join(meta['girderfs_cmd'])})")
     if a.peer:

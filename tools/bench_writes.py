@@ -7,7 +7,7 @@ W1  cp of a big file into the mount (close() returns once Girder has it) vs
 W2  peak RSS (VmHWM) of the mount process while a file of --rss-mib is written into it.
 W3  cp -r of --files x 4 KiB files into the mount vs girder-client's upload of the same tree:
     files per second.
-Starts its own Girder test server (tools/girder_server.py); run as root for /dev/fuse.
+Starts its own Girder test server (testsupport/girder_server.py); run as root for /dev/fuse.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from tools.girder_server import GirderServer  # noqa: E402
+from testsupport.girder_server import GirderServer  # noqa: E402
 
 MiB = 1 << 20
 

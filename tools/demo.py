@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.girder_server import GirderServer  # noqa: E402
+from testsupport.girder_server import GirderServer  # noqa: E402
 
 
 def png(width: int, height: int, seed: int) -> bytes:
