@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -20,23 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from testsupport.girder_server import GirderServer  # noqa: E402
-
-
-def girderfs_cmd() -> list[str]:
-    """The installed console script (what users run), else the module."""
-    exe = shutil.which('girderfs', path=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get('PATH', ''))
-    return [exe] if exe else [sys.executable, '-m', 'girderfs.cli']
-
-
-def run_girderfs(*args: str, env: dict | None = None, timeout: float = 90,
-                 input: str | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ('GIRDER_API_KEY', 'GIRDER_TOKEN', 'GIRDER_PASSWORD')}
-    full_env.update(env or {})
-    return subprocess.run(girderfs_cmd() + list(args), env=full_env, capture_output=True,
-                          text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL if input is None else None, input=input)
+from testsupport.mounting import girderfs_cmd, mount_girderfs, run_girderfs  # noqa: E402, F401
 
 
 def unique(prefix: str) -> str:
@@ -124,13 +107,10 @@ class MountFactory:
         point = self.base / (name or f'mnt{n}')
         point.mkdir()
         cache = cache_dir or (self.base / f'cache{n}')
-        full_env = dict(env or {})
         if token == 'admin':
             token = self.girder.admin_token
-        if token:
-            full_env['GIRDER_TOKEN'] = token
-        res = run_girderfs('mount', self.girder.url, str(point), '--cache-dir', str(cache),
-                           '--log-level', 'DEBUG', *args, env=full_env)
+        res = mount_girderfs(self.girder.url, point, cache, '--log-level', 'DEBUG', *args,
+                             token=token, env=env)
         assert res.returncode == 0, f'mount failed: {res.stderr}'
         m = Mount(point, cache)
         self.mounts.append(m)

@@ -26,6 +26,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from testsupport.girder_server import GirderServer  # noqa: E402
+from testsupport.mounting import mount_girderfs  # noqa: E402
 
 MiB = 1 << 20
 
@@ -54,11 +55,7 @@ def server_sha512(server: GirderServer, folder_id: str, name: str) -> str | None
 
 
 def mount(server: GirderServer, point: str, cache: str) -> int:
-    env = {k: v for k, v in os.environ.items() if not k.startswith('GIRDER_')}
-    env['GIRDER_TOKEN'] = server.admin_token
-    exe = shutil.which('girderfs', path=os.path.dirname(sys.executable)) or 'girderfs'
-    res = subprocess.run([exe, 'mount', server.url, point, '--cache-dir', cache], env=env,
-                         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    res = mount_girderfs(server.url, point, cache, token=server.admin_token, timeout=120)
     if res.returncode:
         raise RuntimeError(f'mount failed: {res.stderr.strip()}')
     out = subprocess.run(['pgrep', '-f', f'girderfs mount .* {point} '], capture_output=True,
