@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -19,7 +18,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from testsupport.girder_server import GirderServer  # noqa: E402
-from testsupport.mounting import girderfs_cmd, mount_girderfs, run_girderfs  # noqa: E402, F401
+from testsupport.mounting import (  # noqa: E402, F401
+    girderfs_cmd,
+    is_mounted,
+    mount_girderfs,
+    run_girderfs,
+)
 
 
 def unique(prefix: str) -> str:
@@ -48,14 +52,6 @@ def assert_one_line_error(res: subprocess.CompletedProcess, *fragments: str) -> 
     for fragment in fragments:
         assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
     return lines[0]
-
-
-def is_mounted(path: str | Path) -> bool:
-    path = os.path.abspath(path)
-    with open('/proc/self/mountinfo', encoding='utf-8') as fh:
-        # the kernel writes space, tab, newline and backslash as \ooo
-        return any(re.sub(r'\\([0-7]{3})', lambda m: chr(int(m[1], 8)), line.split()[4]) == path
-                   for line in fh)
 
 
 def mount_pids(point: str | Path) -> list[int]:

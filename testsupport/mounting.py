@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
 
 CREDENTIAL_VARS = ('GIRDER_API_KEY', 'GIRDER_TOKEN', 'GIRDER_PASSWORD')
+
+
+def is_mounted(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a mountpoint (of any filesystem) in /proc/self/mountinfo."""
+    path = os.path.abspath(path)
+    with open('/proc/self/mountinfo', encoding='utf-8') as fh:
+        # the kernel writes space, tab, newline and backslash as \ooo
+        return any(re.sub(r'\\([0-7]{3})', lambda m: chr(int(m[1], 8)), line.split()[4]) == path
+                   for line in fh)
 
 
 def girderfs_cmd() -> list[str]:
