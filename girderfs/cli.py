@@ -1,5 +1,6 @@
-"""Command line: ``girderfs mount|unmount|status|refresh``. It checks what the user gave, logs
-in, forks and reports in one line; ``mount.py`` builds and runs the mount itself."""
+"""Command line: ``girderfs mount|unmount|status|refresh|upload``. It checks what the user gave,
+logs in, forks and reports in one line; ``mount.py`` builds and runs the mount itself, and
+``upload.py`` does the uploads."""
 
 from __future__ import annotations
 
@@ -320,7 +321,34 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = ('mount', 'unmount', 'status', 'refresh')
+def cmd_upload(args: argparse.Namespace) -> int:
+    from .auth import ANONYMOUS
+    from .client import GirderClient
+    from .upload import UploadError, mount_status, upload_tree
+
+    if not os.path.isdir(args.src) or not os.path.isdir(args.dest):
+        raise CliError('SRC and DEST must be directories')
+    try:
+        status = mount_status(args.dest)
+        client = GirderClient(status['api_url'])
+        authenticate(client, args)
+        if client.auth.source == ANONYMOUS:
+            raise CliError('upload needs --api-key-file, GIRDER_API_KEY, GIRDER_TOKEN or '
+                           '--username to create items')
+        n = upload_tree(args.src, args.dest, client, int(status['pid']),
+                        progress=sys.stderr if sys.stderr.isatty() else None,
+                        echo=(lambda rel: print(rel, flush=True)) if args.verbose else None)
+    except UploadError as exc:
+        raise CliError(str(exc)) from None
+    except GirderFSError as exc:
+        raise CliError(exc.reason) from None
+    except OSError as exc:
+        raise CliError(f'{exc.filename}: {exc.strerror}' if exc.filename else str(exc)) from None
+    print(f'girderfs: {n} file(s) uploaded')
+    return 0
+
+
+COMMANDS = ('mount', 'unmount', 'status', 'refresh', 'upload')
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -339,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         commands = {'mount': cmd_mount, 'unmount': cmd_unmount, 'status': cmd_status,
-                    'refresh': cmd_refresh}
+                    'refresh': cmd_refresh, 'upload': cmd_upload}
         return commands[args.command](args)
     except CliError as exc:
         print(f'girderfs: error: {exc}', file=sys.stderr)

@@ -44,6 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser('refresh', help='drop cached listings and attributes of a mount')
     r.add_argument('path', nargs='?', default='.',
                    help='a path in the mount (default: the current directory)')
+
+    up = sub.add_parser('upload', help='upload a local tree into a mount, every leaf '
+                                       'directory as ONE item (DICOM series and the like)')
+    up.add_argument('src', help='local directory to upload')
+    up.add_argument('dest', help='an existing folder in a girderfs mount')
+    up.add_argument('--api-key-file', help='file holding a Girder API key')
+    up.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
+                                       'or a prompt)')
+    up.add_argument('-v', '--verbose', action='store_true',
+                    help='print each file copied into an item')
     return p
 
 

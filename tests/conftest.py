@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
-import shutil
 import subprocess
 import sys
 import time
@@ -19,24 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tools.girder_server import GirderServer  # noqa: E402
-
-
-def girderfs_cmd() -> list[str]:
-    """The installed console script (what users run), else the module."""
-    exe = shutil.which('girderfs', path=os.path.dirname(sys.executable) + os.pathsep
-                       + os.environ.get('PATH', ''))
-    return [exe] if exe else [sys.executable, '-m', 'girderfs.cli']
-
-
-def run_girderfs(*args: str, env: dict | None = None, timeout: float = 90,
-                 input: str | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ('GIRDER_API_KEY', 'GIRDER_TOKEN', 'GIRDER_PASSWORD')}
-    full_env.update(env or {})
-    return subprocess.run(girderfs_cmd() + list(args), env=full_env, capture_output=True,
-                          text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL if input is None else None, input=input)
+from testsupport.girder_server import GirderServer  # noqa: E402
+from testsupport.mounting import (  # noqa: E402, F401
+    girderfs_cmd,
+    is_mounted,
+    mount_girderfs,
+    run_girderfs,
+)
 
 
 def unique(prefix: str) -> str:
@@ -65,14 +52,6 @@ def assert_one_line_error(res: subprocess.CompletedProcess, *fragments: str) -> 
     for fragment in fragments:
         assert fragment.lower() in lines[0].lower(), (fragment, lines[0])
     return lines[0]
-
-
-def is_mounted(path: str | Path) -> bool:
-    path = os.path.abspath(path)
-    with open('/proc/self/mountinfo', encoding='utf-8') as fh:
-        # the kernel writes space, tab, newline and backslash as \ooo
-        return any(re.sub(r'\\([0-7]{3})', lambda m: chr(int(m[1], 8)), line.split()[4]) == path
-                   for line in fh)
 
 
 def mount_pids(point: str | Path) -> list[int]:
@@ -124,13 +103,10 @@ class MountFactory:
         point = self.base / (name or f'mnt{n}')
         point.mkdir()
         cache = cache_dir or (self.base / f'cache{n}')
-        full_env = dict(env or {})
         if token == 'admin':
             token = self.girder.admin_token
-        if token:
-            full_env['GIRDER_TOKEN'] = token
-        res = run_girderfs('mount', self.girder.url, str(point), '--cache-dir', str(cache),
-                           '--log-level', 'DEBUG', *args, env=full_env)
+        res = mount_girderfs(self.girder.url, point, cache, '--log-level', 'DEBUG', *args,
+                             token=token, env=env)
         assert res.returncode == 0, f'mount failed: {res.stderr}'
         m = Mount(point, cache)
         self.mounts.append(m)

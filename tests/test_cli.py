@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import Mount, assert_one_line_error, is_mounted, mount_pids, run_girderfs, unique
 
-from tools.girder_server import free_port
+from testsupport.girder_server import free_port
 
 TOKEN_RE = re.compile(r'(?<![A-Za-z0-9])[A-Za-z0-9]{64}(?![A-Za-z0-9])')  # Girder tokens
 

@@ -205,7 +205,7 @@ def test_silent_server_times_out_with_eio(misbehaving):
 
 
 def test_refused_connection_is_eio():
-    from tools.girder_server import free_port
+    from testsupport.girder_server import free_port
 
     c = GirderClient(f'http://127.0.0.1:{free_port()}/api/v1', retries=1, backoff=0.01)
     with pytest.raises(GirderFSError) as info:

@@ -15,7 +15,7 @@ import time
 import pytest
 from conftest import MountFactory, unique
 
-from tools.girder_server import GirderServer
+from testsupport.girder_server import GirderServer
 
 N_ITEMS = 2000
 PAGE = 1000  # girderfs.client.PAGE_SIZE

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_girderfs, unique
+from conftest import girderfs_cmd, run_girderfs, unique
 from test_everyday import file_bytes, lookup, wait_for
 
 
@@ -162,9 +162,8 @@ def test_upload_dicom_series_as_leaf_items(girder, m, tmp_path):
                      'README.txt': b'study notes\n'})
     dest = m.path / 'collection' / col['name'] / 'studies'
     assert run_girderfs('refresh', str(m.path)).returncode == 0  # made through REST just now
-    tool = ROOT / 'tools' / 'upload_leaf_items.py'
-    out = sh('"$PY" "$TOOL" "$SRC" "$DEST"', PY=sys.executable, TOOL=tool, SRC=src, DEST=dest,
-             env={'GIRDER_TOKEN': girder.admin_token})
+    out = sh('$GIRDERFS upload "$SRC" "$DEST"', GIRDERFS=shlex.join(girderfs_cmd()), SRC=src,
+             DEST=dest, env={'GIRDER_TOKEN': girder.admin_token})
     assert '7 file(s) uploaded' in out
     base = f'/collection/{col["name"]}/studies'
     for series, names in (('patientA/series1', ['1.dcm', '2.dcm']),
@@ -179,7 +178,7 @@ def test_upload_dicom_series_as_leaf_items(girder, m, tmp_path):
     assert lookup(girder, f'{base}/README.txt')['_modelType'] == 'item'
     sh('diff -r "$SRC" "$DEST"', SRC=src, DEST=dest)
     # Re-running (say after an interruption) reuses the items instead of failing.
-    out = sh('"$PY" "$TOOL" "$SRC" "$DEST"', PY=sys.executable, TOOL=tool, SRC=src, DEST=dest,
-             env={'GIRDER_TOKEN': girder.admin_token})
+    out = sh('$GIRDERFS upload "$SRC" "$DEST"', GIRDERFS=shlex.join(girderfs_cmd()), SRC=src,
+             DEST=dest, env={'GIRDER_TOKEN': girder.admin_token})
     assert len(girder.api('GET', f'item/{lookup(girder, base + "/patientB/ct")["_id"]}/files')) \
         == 3

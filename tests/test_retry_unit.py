@@ -13,7 +13,7 @@ import requests
 from girderfs.client import GirderClient
 from girderfs.errors import GirderFSError
 from girderfs.retry import CONNECT, LOST, STATUS, RetryPolicy, failure_of, retry_after
-from tools.girder_server import free_port
+from testsupport.girder_server import free_port
 
 
 def test_what_is_tried_again():

@@ -9,7 +9,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import Mount, is_mounted, run_girderfs
+from conftest import Mount, is_mounted, mount_girderfs
 
 CHUNK = 1 << 20
 
@@ -158,9 +158,8 @@ class Mounter:
         except FileExistsError:  # (also a dead mountpoint, which cannot be stat'ed)
             pass
         cache = cache_dir or self.base / f'pcache{n}'
-        res = run_girderfs('mount', url, str(point), '--cache-dir', str(cache),
-                           '--log-level', 'DEBUG', *args,
-                           env=env if env is not None else {'GIRDER_TOKEN': self.token})
+        res = mount_girderfs(url, point, cache, '--log-level', 'DEBUG', *args,
+                             token=None if env is not None else self.token, env=env)
         assert res.returncode == 0, f'mount failed: {res.stderr}'
         m = Mount(point, cache)
         self.mounts.append(m)

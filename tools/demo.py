@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tools.girder_server import GirderServer  # noqa: E402
+from testsupport.girder_server import GirderServer  # noqa: E402
+from testsupport.mounting import mount_girderfs  # noqa: E402
 
 
 def png(width: int, height: int, seed: int) -> bytes:
@@ -110,12 +111,8 @@ def main() -> int:
     mounted = False
     try:
         made = seed(server)
-        env = dict(os.environ, GIRDER_TOKEN=server.admin_token)
-        exe = Path(sys.executable).parent / 'girderfs'
-        cmd = [str(exe) if exe.exists() else 'girderfs', 'mount', server.url, str(mountpoint),
-               '--cache-dir', os.path.join(work, 'cache')]
-        res = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, text=True,
-                             capture_output=True, timeout=120)
+        res = mount_girderfs(server.url, mountpoint, os.path.join(work, 'cache'),
+                             token=server.admin_token, timeout=120)
         if res.returncode != 0:
             print(res.stderr.strip(), file=sys.stderr)
             return 1

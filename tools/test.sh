@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 tools/setup.sh
-.venv/bin/ruff check girderfs tests tools
+.venv/bin/ruff check girderfs testsupport tests tools
 set +e
 .venv/bin/python -m pytest "$@"
 status=$?

@@ -19,7 +19,8 @@ Candidates are always checked with mongomock's own matcher and returned in the s
 results are the same as without the patch; any query that cannot use an index (operators, dotted
 paths, ``None``, arrays, regexes, ``$or``...) takes mongomock's normal path.
 
-Enable it with ``python tools/girder_server.py --fast-index`` or ``GIRDERFS_FAST_INDEX=1``.
+Enable it with ``python testsupport/girder_server.py --fast-index`` or ``GIRDERFS_FAST_INDEX=1``;
+``uninstall()`` puts mongomock back (``tests/test_fast_index_unit.py`` compares the two).
 With ``GIRDERFS_FAST_INDEX_DEBUG=1`` every query that still scans a collection of more than 1,000
 documents is logged to stderr (the server's log), to find what is left to index.
 """
@@ -38,8 +39,11 @@ from typing import Any
 
 _install_lock = threading.Lock()
 _installed = False
+_generation = 0  # bumped by uninstall(): indexes of an earlier install were not kept up to date
+_originals: list[tuple[Any, str, Any]] = []  # (class, attribute, mongomock's own value)
 _tls = threading.local()  # .touched: docs an in-progress update may change in place
 _NO_SEQ = math.inf
+_MISSING = object()
 
 
 def _indexable(value: Any) -> bool:
@@ -90,6 +94,7 @@ class _Index:
     """Per collection store: field -> value -> set of store keys, plus the store's order."""
 
     def __init__(self, store) -> None:
+        self.generation = _generation
         self.lock = threading.RLock()
         self.tables: dict[str, dict[Any, set]] = {}
         self.values: dict[Any, dict[str, tuple]] = {}  # store key -> field -> indexed values
@@ -154,10 +159,10 @@ class _Index:
 
 def _index_of(store) -> _Index:
     idx = store.__dict__.get('_fast_index')
-    if idx is None:
+    if idx is None or idx.generation != _generation:
         with _install_lock:
             idx = store.__dict__.get('_fast_index')
-            if idx is None:
+            if idx is None or idx.generation != _generation:
                 idx = store.__dict__['_fast_index'] = _Index(store)
     return idx
 
@@ -251,6 +256,25 @@ def _track(gen: Iterator[dict], touched: list) -> Iterator[dict]:
         yield doc
 
 
+def _patch(owner: Any, name: str, value: Any) -> None:
+    _originals.append((owner, name, owner.__dict__.get(name, _MISSING)))
+    setattr(owner, name, value)
+
+
+def uninstall() -> None:
+    """Put back what ``install()`` patched (indexes built so far are dropped on next use)."""
+    global _installed, _generation
+    with _install_lock:
+        while _originals:
+            owner, name, value = _originals.pop()
+            if value is _MISSING:
+                delattr(owner, name)
+            else:
+                setattr(owner, name, value)
+        _generation += 1
+        _installed = False
+
+
 def install() -> None:
     """Patch mongomock in this process (safe to call more than once)."""
     global _installed
@@ -280,9 +304,9 @@ def install() -> None:
         orig_drop(self)
         self.__dict__.pop('_fast_index', None)
 
-    CollectionStore.__setitem__ = setitem
-    CollectionStore.__delitem__ = delitem
-    CollectionStore.drop = drop
+    _patch(CollectionStore, '__setitem__', setitem)
+    _patch(CollectionStore, '__delitem__', delitem)
+    _patch(CollectionStore, 'drop', drop)
 
     # --- updates change stored documents in place: re-index what they touched ----------------
     orig_update = mcoll.Collection._update
@@ -308,7 +332,7 @@ def install() -> None:
                     if store._documents.get(key) is doc:
                         idx.put(key, doc)
 
-    mcoll.Collection._update = _update
+    _patch(mcoll.Collection, '_update', _update)
 
     # --- lookups ----------------------------------------------------------------------------
     orig_iter = mcoll.Collection._iter_documents
@@ -338,7 +362,7 @@ def install() -> None:
         touched = getattr(_tls, 'touched', None)
         return gen if touched is None else _track(gen, touched)
 
-    mcoll.Collection._iter_documents = _iter_documents
+    _patch(mcoll.Collection, '_iter_documents', _iter_documents)
 
     # --- cursors copy only the page they return ---------------------------------------------
     orig_compute = mcoll.Cursor._compute_results
@@ -389,7 +413,7 @@ def install() -> None:
         factory.__dict__['_fast_page'] = (cache_key, results)
         return results
 
-    mcoll.Cursor._compute_results = _compute_results
+    _patch(mcoll.Cursor, '_compute_results', _compute_results)
 
     # Girder counts every list it serves (the Girder-Total-Count header): count the matches
     # through the index, without copying each document as mongomock does.
@@ -405,7 +429,7 @@ def install() -> None:
         spec = factory.args[0]
         return sum(1 for _ in factory.func.__self__._iter_documents(spec))
 
-    mcoll.Cursor.count = count
+    _patch(mcoll.Cursor, 'count', count)
 
     # find_one needs one document, not a copy of every match.
     def find_one(self, filter=None, *args, **kwargs):  # noqa: B006 - mirrors mongomock
@@ -421,4 +445,4 @@ def install() -> None:
         except StopIteration:
             return None
 
-    mcoll.Collection.find_one = find_one
+    _patch(mcoll.Collection, 'find_one', find_one)

@@ -1,8 +1,9 @@
 """Run a real Girder 5 server on in-memory mongomock (no mongod needed).
 
 Used by the test suite, the benchmark and the demo. Usage:
-    python tools/girder_server.py --port PORT [--fast-index]
---fast-index (or GIRDERFS_FAST_INDEX=1) loads tools/fast_index.py: hash indexes for mongomock.
+    python testsupport/girder_server.py --port PORT [--fast-index]
+--fast-index (or GIRDERFS_FAST_INDEX=1) loads testsupport/fast_index.py: hash indexes for
+mongomock.
 The database lives in memory: a restart is an empty server.
 """
 
@@ -18,13 +19,17 @@ import time
 
 import requests
 
+_mongomock_patched = False
 
-def _patch_mongomock(fast_index: bool) -> None:
-    """Make mongomock stand in for pymongo the way Girder 5 uses it."""
+
+def patch_mongomock() -> None:
+    """Make mongomock's collections and cursors behave as Girder 5 expects of pymongo
+    (process-wide, idempotent; the server also swaps pymongo.MongoClient for mongomock's)."""
+    global _mongomock_patched
+    if _mongomock_patched:
+        return
+    _mongomock_patched = True
     import mongomock
-    import pymongo
-
-    pymongo.MongoClient = mongomock.MongoClient
 
     original_with_options = mongomock.collection.Collection.with_options
 
@@ -46,28 +51,10 @@ def _patch_mongomock(fast_index: bool) -> None:
 
     mongomock.collection.Cursor.count = count
 
-    if fast_index:
-        load_fast_index().install()
-        print('girder_server: mongomock fast index installed', file=sys.stderr, flush=True)
-
 
 def fast_index_requested(flag: bool = False) -> bool:
     """--fast-index, or GIRDERFS_FAST_INDEX=1 in the environment (to run the tests with it)."""
     return flag or os.environ.get('GIRDERFS_FAST_INDEX', '').lower() in ('1', 'true', 'yes')
-
-
-def load_fast_index():
-    """tools/fast_index.py, loaded by path: tools/ is not a package on the server's sys.path."""
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fast_index.py')
-    module = sys.modules.get('girderfs_tools_fast_index')
-    if module is None:
-        spec = importlib.util.spec_from_file_location('girderfs_tools_fast_index', path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -80,10 +67,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     os.environ.setdefault('GIRDER_WORKER_TASK_ALWAYS_EAGER', 'true')
-    _patch_mongomock(fast_index_requested(args.fast_index))
+    import mongomock
+    import pymongo
+
+    pymongo.MongoClient = mongomock.MongoClient
+    patch_mongomock()
+    if fast_index_requested(args.fast_index):
+        from testsupport import fast_index
+
+        fast_index.install()
+        print('girder_server: mongomock fast index installed', file=sys.stderr, flush=True)
 
     import girder.api.rest as rest
-    import mongomock
 
     rest._MONGO_CURSOR_TYPES = rest._MONGO_CURSOR_TYPES + (
         mongomock.collection.Cursor, mongomock.command_cursor.CommandCursor)
@@ -222,4 +217,6 @@ def free_port() -> int:
 
 
 if __name__ == '__main__':
+    # Run by path (GirderServer.start): make ``testsupport`` importable for the fast index.
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     main()

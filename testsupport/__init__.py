@@ -1,0 +1,5 @@
+"""Support for the tests, the benchmark and the demo (not installed with girderfs).
+
+``girder_server``: a real Girder 5 server on in-memory mongomock; ``fast_index``: hash indexes
+that keep mongomock fast on large trees; ``mounting``: the ``girderfs`` command as they run it.
+"""

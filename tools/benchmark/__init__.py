@@ -1,0 +1,23 @@
+"""Read benchmark for girderfs (issue 3): a benchmark, not a test.
+
+Starts the real Girder test server (testsupport/girder_server.py, mongomock with --fast-index),
+uploads test files, mounts it with the real ``girderfs mount`` command (in the background, with
+its own cache dir) and measures, side by side in the same run:
+
+  P1  cold sequential read of a big file (page cache dropped, empty cache)  vs  curl
+  P2  warm re-read from the disk cache (page cache dropped)                 vs  cat of a local copy
+  P3  200 random 4 KiB reads, cold and warm (mean ms)                       vs  ranged requests
+  P4  ls -l and find over a folder of 10,000 items: wall time and HTTP requests
+  P5  8 parallel readers of 8 different files (aggregate MB/s)             vs  8 parallel curls
+  P6  a cache smaller than the file: the cache directory stays within --cache-size
+  plus the peak RSS of every mount process, and the mount/server CPU seconds of every case.
+
+With --peer it installs girder-client-mount (PyPI) into its own venv and runs the same cases
+through it. Writes have their own benchmark: tools/bench_writes.py.
+
+Run as root (dropping the page cache needs it):
+    /tmp/venv/bin/python tools/bench.py --quick            # smoke run, ~1-2 minutes
+    /tmp/venv/bin/python tools/bench.py                   # 1 GiB, 10,000 items
+    /tmp/venv/bin/python tools/bench.py --peer --json bench-results.json
+Progress goes to stderr; the report (one table of ratios) to stdout; all figures to --json.
+"""
