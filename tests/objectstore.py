@@ -23,7 +23,7 @@ import boto3
 from faultproxy import FaultProxy
 from moto.server import ThreadedMotoServer
 
-from tools.girder_server import GirderServer, free_port
+from testsupport.girder_server import GirderServer, free_port
 
 BUCKET = 'girderfs'
 KEYS = {'accessKeyId': 'girderfs-test', 'secret': 'girderfs-test-secret'}
