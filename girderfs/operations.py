@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .auth import CredentialsRefused
 from .errors import GirderFSError
-from .fuselib import CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
+from .fuselib import LateClose, configure, mfusepy, reply_buffers
 from .kinds import Kind
 from .namespace import Namespace, Node, fetched_at
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
@@ -154,22 +154,8 @@ class GirderOperations(mfusepy.Operations):
         self.on_init = on_init  # called once libfuse has started (the mount answers soon)
 
     def init_with_config(self, conn, config) -> None:
-        if config is not None:
-            config.entry_timeout = self.attr_timeout
-            config.attr_timeout = self.attr_timeout
-            config.negative_timeout = min(1.0, self.attr_timeout)
-            config.use_ino = 1
-        if conn is not None:
-            conn.max_readahead = max(conn.max_readahead, self.max_read)
-            conn.max_read = self.max_read  # libfuse wants it equal to the max_read mount option
-            if self.splice:
-                # Cached blocks go from their files to the kernel by splice(), not through
-                # Python. Not SPLICE_MOVE: the kernel then takes the pages out of the block
-                # file's page cache (removing and charging each page costs more than a copy);
-                # warm 1 GiB reads took 1.16-1.35 s with it, 1.10-1.16 s without.
-                conn.want |= conn.capable & CAP_SPLICE_WRITE
-            log.info('FUSE: reads up to %d KiB, splice %s', self.max_read >> 10,
-                     'on' if conn.want & CAP_SPLICE_WRITE else 'off')
+        configure(conn, config, attr_timeout=self.attr_timeout, max_read=self.max_read,
+                  splice=self.splice)
         if self.on_init is not None:
             self.on_init()
 
