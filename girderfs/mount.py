@@ -9,6 +9,7 @@ libfuse's loop) and tells the caller when the mount answers.
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -73,9 +74,10 @@ class Layers:
     started: float = field(default_factory=time.time)
 
     def status(self) -> dict:
-        """What ``girderfs status`` shows (the operations add requests and cache figures)."""
+        """What ``girderfs status`` shows."""
         c, w = self.config, self.writer
-        return {'api_url': c.api_url, 'user': c.user, 'girder_version': c.version,
+        return {'stats': self.client.stats.snapshot(), 'cache_bytes': self.store.volume(),
+                'api_url': c.api_url, 'user': c.user, 'girder_version': c.version,
                 'pid': os.getpid(), 'started': self.started, 'mountpoint': c.mountpoint,
                 'cache_dir': c.cache_dir, 'cache_limit': c.cache_size,
                 'read_only': c.read_only, 'reads': self.reader.counts(),
@@ -83,6 +85,10 @@ class Layers:
                 'pending_uploads': w.progress() if w else [],
                 'auth': self.client.auth.status(), 'health': self.client.health(),
                 **self.hooks.status()}
+
+    def status_file(self) -> bytes:
+        """The status file's content (read by ``control.read_status``)."""
+        return (json.dumps(self.status(), indent=1, sort_keys=True) + '\n').encode()
 
     def close(self) -> None:
         """Stop what ``destroy`` does not (the credentials thread, the block store)."""
@@ -107,7 +113,7 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
     layers = Layers(config, client, store, ns, reader, writer, ops, hooks)
-    ops.status_provider = layers.status
+    ops.status_file = layers.status_file
     if writer is not None:
         def uploaded(d, file_doc):
             ops.uploaded(d, file_doc)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
 import stat
@@ -150,7 +149,7 @@ class GirderOperations(mfusepy.Operations):
         self._handles_lock = threading.Lock()
         self._fh = Counter()
         self._last_key: dict[int, str] = {}  # inode -> content key at its last open
-        self.status_provider: Callable[[], dict] | None = None
+        self.status_file: Callable[[], bytes] | None = None  # its content (set by mount.build)
         self.on_init = on_init  # called once libfuse has started (the mount answers soon)
 
     def init_with_config(self, conn, config) -> None:
@@ -254,7 +253,7 @@ class GirderOperations(mfusepy.Operations):
             if fi.flags & WRITE_FLAGS:
                 raise GirderFSError(errno.EACCES, 'the status file is read-only')
             fi.direct_io = 1
-            fi.fh = self._new_handle(Handle(data=self._status_bytes()))
+            fi.fh = self._new_handle(Handle(data=self.status_file() if self.status_file else b''))
             return 0
         writing = bool(fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         if writing and self.writer is None:
@@ -375,13 +374,6 @@ class GirderOperations(mfusepy.Operations):
         return fh
 
     # --- status file (hidden: not listed, readable by the mount's owner only) -------------
-    def _status_bytes(self) -> bytes:
-        info = {'stats': self.ns.client.stats.snapshot(),
-                'cache_bytes': self.reader.store.volume()}
-        if self.status_provider is not None:
-            info.update(self.status_provider())
-        return (json.dumps(info, indent=1, sort_keys=True) + '\n').encode()
-
     def _status_attr(self) -> dict:
         now = time.time_ns()
         return {'st_mode': stat.S_IFREG | 0o400, 'st_nlink': 1, 'st_size': 0,
