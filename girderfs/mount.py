@@ -1,9 +1,9 @@
 """Building the layers of a mount and running it: the one place where they are wired together.
 
-``build`` makes client -> namespace -> block store -> reader / writer -> FUSE operations for a
-``MountConfig`` (used by ``run``, and by tests that drive the operations without FUSE); ``run``
-adds what only a real mount process needs (signals, the credentials thread, the status file,
-libfuse's loop) and tells the caller when the mount answers.
+``build`` makes client -> namespace -> block store -> reader / writer -> view -> FUSE operations
+for a ``MountConfig`` (used by ``run``, and by tests that drive the operations without FUSE);
+``run`` adds what only a real mount process needs (signals, the credentials thread, the status
+file, libfuse's loop) and tells the caller when the mount answers.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from .hooks import UploadHooks
 from .namespace import Namespace, Node
 from .operations import GirderOperations
 from .reader import Reader
+from .view import View
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Layers:
     ns: Namespace
     reader: Reader
     writer: Writer | None
+    view: View
     ops: GirderOperations
     hooks: UploadHooks
     started: float = field(default_factory=time.time)
@@ -109,14 +111,15 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     writer = None
     if not config.read_only:
         writer = Writer(client, config.cache_dir, chunk_size=config.upload_chunk_size)
-    ops = GirderOperations(ns, reader, writer, attr_timeout=config.attr_timeout,
+    view = View(ns, reader, writer)
+    ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
-    layers = Layers(config, client, store, ns, reader, writer, ops, hooks)
+    layers = Layers(config, client, store, ns, reader, writer, view, ops, hooks)
     ops.status_file = layers.status_file
     if writer is not None:
         def uploaded(d, file_doc):
-            ops.uploaded(d, file_doc)
+            view.uploaded(d, file_doc)
             hooks.submit(d, file_doc)
 
         writer.on_uploaded = uploaded
