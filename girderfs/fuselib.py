@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 import threading
 import time
@@ -15,7 +16,9 @@ if 'FUSE_LIBRARY_NAME' not in os.environ and ctypes.util.find_library('fuse3'):
 
 import mfusepy  # noqa: E402  (must follow the library choice above)
 
-__all__ = ['FUSE', 'LateClose', 'mfusepy', 'reply_buffers', 'set_read_ahead']
+log = logging.getLogger(__name__)
+
+__all__ = ['FUSE', 'LateClose', 'configure', 'mfusepy', 'reply_buffers', 'set_read_ahead']
 
 
 def splice_read_size(limit: int = 1 << 20) -> int:
@@ -32,6 +35,27 @@ def splice_read_size(limit: int = 1 << 20) -> int:
     except (OSError, ValueError):
         pipe_max = 1 << 20
     return max(32 * page, min(limit, pipe_max - 8 * page) // page * page)
+
+
+def configure(conn: Any, config: Any, *, attr_timeout: float, max_read: int,
+              splice: bool) -> None:
+    """Tune a session at init: cache timeouts, our inode numbers, read sizes, splice."""
+    if config is not None:
+        config.entry_timeout = attr_timeout
+        config.attr_timeout = attr_timeout
+        config.negative_timeout = min(1.0, attr_timeout)
+        config.use_ino = 1
+    if conn is not None:
+        conn.max_readahead = max(conn.max_readahead, max_read)
+        conn.max_read = max_read  # libfuse wants it equal to the max_read mount option
+        if splice:
+            # Cached blocks go from their files to the kernel by splice(), not through
+            # Python. Not SPLICE_MOVE: the kernel then takes the pages out of the block
+            # file's page cache (removing and charging each page costs more than a copy);
+            # warm 1 GiB reads took 1.16-1.35 s with it, 1.10-1.16 s without.
+            conn.want |= conn.capable & CAP_SPLICE_WRITE
+        log.info('FUSE: reads up to %d KiB, splice %s', max_read >> 10,
+                 'on' if conn.want & CAP_SPLICE_WRITE else 'off')
 
 
 def set_read_ahead(mountpoint: str, kib: int) -> bool:

@@ -1,14 +1,15 @@
 """Building the layers of a mount and running it: the one place where they are wired together.
 
-``build`` makes client -> namespace -> block store -> reader / writer -> FUSE operations for a
-``MountConfig`` (used by ``run``, and by tests that drive the operations without FUSE); ``run``
-adds what only a real mount process needs (signals, the credentials thread, the status file,
-libfuse's loop) and tells the caller when the mount answers.
+``build`` makes client -> namespace -> block store -> reader / writer -> view -> FUSE operations
+for a ``MountConfig`` (used by ``run``, and by tests that drive the operations without FUSE);
+``run`` adds what only a real mount process needs (signals, the credentials thread, the status
+file, libfuse's loop) and tells the caller when the mount answers.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import logging
 import os
 import signal
@@ -25,6 +26,7 @@ from .namespace import Namespace, Node
 from .operations import GirderOperations
 from .reader import Reader
 from .remote import GirderRemote
+from .view import View
 from .writer import Writer
 
 log = logging.getLogger(__name__)
@@ -69,14 +71,16 @@ class Layers:
     ns: Namespace
     reader: Reader
     writer: Writer | None
+    view: View
     ops: GirderOperations
     hooks: UploadHooks
     started: float = field(default_factory=time.time)
 
     def status(self) -> dict:
-        """What ``girderfs status`` shows (the operations add requests and cache figures)."""
+        """What ``girderfs status`` shows."""
         c, w = self.config, self.writer
-        return {'api_url': c.api_url, 'user': c.user, 'girder_version': c.version,
+        return {'stats': self.client.stats.snapshot(), 'cache_bytes': self.store.volume(),
+                'api_url': c.api_url, 'user': c.user, 'girder_version': c.version,
                 'pid': os.getpid(), 'started': self.started, 'mountpoint': c.mountpoint,
                 'cache_dir': c.cache_dir, 'cache_limit': c.cache_size,
                 'read_only': c.read_only, 'reads': self.reader.counts(),
@@ -84,6 +88,10 @@ class Layers:
                 'pending_uploads': w.progress() if w else [],
                 'auth': self.client.auth.status(), 'health': self.client.health(),
                 **self.hooks.status()}
+
+    def status_file(self) -> bytes:
+        """The status file's content (read by ``control.read_status``)."""
+        return (json.dumps(self.status(), indent=1, sort_keys=True) + '\n').encode()
 
     def close(self) -> None:
         """Stop what ``destroy`` does not (the credentials thread, the block store)."""
@@ -105,14 +113,15 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     writer = None
     if not config.read_only:
         writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size)
-    ops = GirderOperations(ns, reader, writer, attr_timeout=config.attr_timeout,
+    view = View(ns, reader, writer)
+    ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
-    layers = Layers(config, client, store, ns, reader, writer, ops, hooks)
-    ops.status_provider = layers.status
+    layers = Layers(config, client, store, ns, reader, writer, view, ops, hooks)
+    ops.status_file = layers.status_file
     if writer is not None:
         def uploaded(d, file_doc):
-            ops.uploaded(d, file_doc)
+            view.uploaded(d, file_doc)
             hooks.submit(d, file_doc)
 
         writer.on_uploaded = uploaded

@@ -1,37 +1,31 @@
-"""The FUSE layer: maps kernel calls onto the namespace and the reader, and errors to errno."""
+"""The FUSE translator: kernel calls -> the view (what is at a path), the reader and the
+writer; every failure -> an errno."""
 
 from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import os
-import stat
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .auth import CredentialsRefused
 from .errors import GirderFSError
-from .fuselib import CAP_SPLICE_WRITE, LateClose, mfusepy, reply_buffers
-from .kinds import Kind
-from .namespace import Namespace, Node, fetched_at
+from .fuselib import LateClose, configure, mfusepy, reply_buffers
+from .namespace import Node
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
 from .util import Counter
+from .view import STATUS_PATH, View, split
 from .writer import PendingFile, Writer
-from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
 log = logging.getLogger(__name__)
 
 F = TypeVar('F', bound=Callable[..., Any])
-STATUS_PATH = '/.girderfs-status'
 FUSE_HIDDEN = '.fuse_hidden'  # libfuse renames an unlinked open file to .fuse_hiddenXXXX
-XATTR_CREATE, XATTR_REPLACE = 1, 2
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
-ATIMES_MAX = 100_000
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # Calls on open files, which work while the credentials are refused (see fuse_op).
 ON_OPEN_FILES = frozenset({'read', 'read_buf', 'write', 'flush', 'fsync', 'release', 'statfs'})
@@ -103,116 +97,50 @@ class Handle:
         self.append = append  # O_APPEND: every write goes to the end of the local content
 
 
-def check_new_name(name: str) -> None:
-    """Refuse a name Girder would reject or silently change (it strips leading and trailing
-    white space): the user's name must never be altered behind their back."""
-    if len(name.encode('utf-8', 'surrogateescape')) > 255:
-        raise GirderFSError(errno.ENAMETOOLONG, 'name longer than 255 bytes')
-    if name != name.strip():
-        raise GirderFSError(errno.EINVAL, f'{name!r}: Girder strips leading and trailing '
-                                          f'white space from names')
-    try:
-        name.encode('utf-8')
-    except UnicodeEncodeError:
-        raise GirderFSError(errno.EINVAL, f'{name!r}: not valid UTF-8') from None
-
-
 def appending(fi: Any) -> bool:
     """Whether the file was opened with O_APPEND (see ``write``)."""
     return bool(fi.flags & os.O_APPEND)
 
 
-def split(path: str) -> tuple[str, str]:
-    parent, _, name = path.rstrip('/').rpartition('/')
-    return parent or '/', name
-
-
 class GirderOperations(mfusepy.Operations):
-    """FUSE operations over a Girder namespace."""
+    """FUSE operations over a view of a Girder server and this mount's pending changes."""
 
     use_ns = True
 
-    def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None = None, *,
+    def __init__(self, view: View, reader: Reader, writer: Writer | None = None, *,
                  attr_timeout: float, max_read: int = 1 << 20, splice: bool = True,
                  on_init: Callable[[], None] | None = None) -> None:
-        self.ns = namespace
+        self.view = view
         self.reader = reader
         self.writer = writer  # None: a read-only mount
-        self.xattrs = Xattrs(namespace)
-        self.credentials = namespace.client.auth
+        self.credentials = view.ns.client.auth
         self.attr_timeout = attr_timeout
         self.max_read = max_read
         self.splice = splice
         self._late_close = LateClose()
-        self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
-        self._atimes_lock = threading.Lock()
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh = Counter()
         self._last_key: dict[int, str] = {}  # inode -> content key at its last open
-        self.status_provider: Callable[[], dict] | None = None
+        self.status_file: Callable[[], bytes] | None = None  # its content (set by mount.build)
         self.on_init = on_init  # called once libfuse has started (the mount answers soon)
 
     def init_with_config(self, conn, config) -> None:
-        if config is not None:
-            config.entry_timeout = self.attr_timeout
-            config.attr_timeout = self.attr_timeout
-            config.negative_timeout = min(1.0, self.attr_timeout)
-            config.use_ino = 1
-        if conn is not None:
-            conn.max_readahead = max(conn.max_readahead, self.max_read)
-            conn.max_read = self.max_read  # libfuse wants it equal to the max_read mount option
-            if self.splice:
-                # Cached blocks go from their files to the kernel by splice(), not through
-                # Python. Not SPLICE_MOVE: the kernel then takes the pages out of the block
-                # file's page cache (removing and charging each page costs more than a copy);
-                # warm 1 GiB reads took 1.16-1.35 s with it, 1.10-1.16 s without.
-                conn.want |= conn.capable & CAP_SPLICE_WRITE
-            log.info('FUSE: reads up to %d KiB, splice %s', self.max_read >> 10,
-                     'on' if conn.want & CAP_SPLICE_WRITE else 'off')
+        configure(conn, config, attr_timeout=self.attr_timeout, max_read=self.max_read,
+                  splice=self.splice)
         if self.on_init is not None:
             self.on_init()
 
     # --- metadata -------------------------------------------------------------------------
     @fuse_op
     def getattr(self, path: str | None, fh: Any = None) -> dict:
-        attr = self._getattr(path, fh)
-        if self._atimes:
-            with self._atimes_lock:
-                atime = self._atimes.get(attr.get('st_ino'))
-            if atime is not None:
-                attr = dict(attr, st_atime=atime)
-        return attr
-
-    def _getattr(self, path: str | None, fh: Any = None) -> dict:
         if path is None:
             # fstat of an open file that was unlinked (hard_remove): only its handle knows it.
             handle = self._handle(fh.fh) if fh is not None else None
-            if handle is not None and handle.dirty is not None:
-                return self._dirty_attr(handle.dirty)
-            if handle is not None and handle.remote is not None:
-                return {'st_mode': stat.S_IFREG | 0o444, 'st_nlink': 0,
-                        'st_size': handle.remote.size, 'st_uid': self.ns.uid,
-                        'st_gid': self.ns.gid}
-            raise GirderFSError(errno.ENOENT, 'no such file')
-        if path == STATUS_PATH:
-            return self._status_attr()
-        d = self.writer.get(path) if self.writer else None
-        if d is not None:
-            return self._dirty_attr(d)
+            return self.view.with_atime(self.view.unlinked_attr(
+                handle and handle.dirty, handle and handle.remote))
         handle = self._open_reader(fh)
-        if handle is not None and self.reader.current(handle.remote) is handle.remote:
-            # The kernel asks again every attribute timeout while a file is read. Resolving
-            # the path would fetch every listing along it once they expired, and in a small
-            # folder every item's files: 13 requests per 5 s to read one file of a folder of
-            # 9 items. Asking whether the file's content is still the same costs one.
-            try:
-                self.reader.check_current(handle.remote)
-                return self.ns.getattr(handle.node)
-            except GirderFSError as exc:
-                if exc.errno != errno.ESTALE:
-                    raise
-        return self.ns.getattr(self.ns.resolve(path))
+        return self.view.with_atime(self.view.attr(path, handle and (handle.remote, handle.node)))
 
     def _open_reader(self, fi: Any) -> Handle | None:
         """The handle of ``fi`` if it reads a remote file (no local changes), else None."""
@@ -225,34 +153,9 @@ class GirderOperations(mfusepy.Operations):
             return None
         return handle
 
-    def _dirty_attr(self, d: PendingFile) -> dict:
-        # No d.lock: an upload holds it for its whole length, and stat must not wait for that.
-        # But the copy of the current content must be complete, or the size is wrong.
-        if not d.ready.wait(self.reader.wait_timeout):
-            raise GirderFSError(errno.EIO, f'{d.path}: copying its content took too long')
-        size, mtime = d.size, d.mtime_ns
-        return {'st_mode': stat.S_IFREG | 0o644, 'st_nlink': 1, 'st_size': size,
-                'st_ino': d.ino or self.ns.inode_for(('dirty', d.entry)), 'st_uid': self.ns.uid,
-                'st_gid': self.ns.gid, 'st_mtime': d.set_mtime_ns or mtime, 'st_ctime': mtime,
-                'st_atime': mtime, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20}
-
     @fuse_op
     def readdir(self, path: str, fh: int) -> list:
-        node = self.ns.resolve(path)
-        if not node.is_dir:
-            raise GirderFSError(errno.ENOTDIR, 'not a directory')
-        out: list = ['.', '..']
-        listing = self.ns.children(node)
-        for name, child in listing.items():
-            out.append((name, {'st_mode': 0o040000 if child.is_dir else 0o100000,
-                               'st_ino': self.ns.inode(child)}, 0))
-        if self.writer:
-            for d in self.writer.in_dir(path):
-                name = split(d.path)[1]
-                if name not in listing:
-                    out.append((name, {'st_mode': 0o100000,
-                                       'st_ino': self.ns.inode_for(('dirty', d.entry))}, 0))
-        return out
+        return self.view.listing(path)
 
     @fuse_op
     def statfs(self, path: str) -> dict:
@@ -261,41 +164,40 @@ class GirderOperations(mfusepy.Operations):
                 'f_bavail': 1 << 30, 'f_files': 1 << 30, 'f_ffree': 1 << 30,
                 'f_favail': 1 << 30, 'f_namemax': 255}
 
-    # --- reading --------------------------------------------------------------------------
+    @fuse_op
+    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
+        return self.view.getxattr(path, name)
+
+    @fuse_op
+    def listxattr(self, path: str) -> list:
+        return self.view.listxattr(path)
+
+    @mutating
+    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0):
+        self.view.setxattr(path, name, value, options)
+        return 0
+
+    @mutating
+    def removexattr(self, path: str, name: str):
+        self.view.removexattr(path, name)
+        return 0
+
+    # --- opening and reading ----------------------------------------------------------------
     @fuse_op
     def open(self, path: str, fi: Any) -> int:
-        if path == STATUS_PATH:
+        if path == STATUS_PATH:  # hidden: not listed, readable by the mount's owner only
             if fi.flags & WRITE_FLAGS:
                 raise GirderFSError(errno.EACCES, 'the status file is read-only')
             fi.direct_io = 1
-            fi.fh = self._new_handle(Handle(data=self._status_bytes()))
+            fi.fh = self._new_handle(Handle(data=self.status_file() if self.status_file else b''))
             return 0
         writing = bool(fi.flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND))
         if writing and self.writer is None:
             raise GirderFSError(errno.EROFS, 'the mount is read-only')
-        d = self.writer.get(path) if self.writer else None
+        d, node, remote = self.view.open(path, writing, bool(fi.flags & os.O_TRUNC))
         if d is not None:
-            self.writer.attach(d)
-            if fi.flags & os.O_TRUNC:
-                self.writer.truncate(d, 0)
-            fi.keep_cache = 0
-            fi.fh = self._new_handle(Handle(dirty=d, writable=writing,
-                                            append=appending(fi)))
-            return 0
-        node = self.ns.resolve(path)
-        if node.is_dir:
-            raise GirderFSError(errno.EISDIR, 'is a directory')
-        doc = self.ns.file_doc(node)
-        remote = RemoteFile.from_doc(doc, fetched_at(doc))
-        if writing:
-            if not node.writable:
-                raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
-            fi.keep_cache = 0
-            fi.fh = self._new_handle(Handle(remote, dirty=self._start_existing(
-                path, node, doc, remote, truncate=bool(fi.flags & os.O_TRUNC)), writable=True,
-                append=appending(fi)))
-            return 0
-        ino = self.ns.inode(node)
+            return self._open_dirty(fi, d, writing, remote)
+        ino = self.view.inode(node)
         with self._handles_lock:
             # The kernel may keep its cached pages only if the content is what it cached.
             fi.keep_cache = 1 if self._last_key.get(ino) == remote.ckey else 0
@@ -303,31 +205,12 @@ class GirderOperations(mfusepy.Operations):
         fi.fh = self._new_handle(Handle(remote, node=node))
         return 0
 
-    def _start_existing(self, path: str, node: Node, doc: dict, remote: RemoteFile,
-                        truncate: bool) -> PendingFile:
-        """Local changes to a file the server has: spool a copy unless it is truncated."""
-        if node.kind == Kind.FILE:
-            parent_kind, parent_id = Kind.ITEM, doc['itemId']
-        else:
-            parent_kind, parent_id = Kind.FOLDER, node.doc['folderId']
-
-        def fill(fd: int) -> None:
-            if truncate:
-                return
-            offset = 0
-            stream = ReadPattern()
-            while offset < remote.size:
-                data = self.reader.read(remote, offset, 8 << 20, stream)
-                if not data:
-                    raise GirderFSError(errno.EIO, f'{path}: short read while copying')
-                os.pwrite(fd, data, offset)
-                offset += len(data)
-
-        d = self.writer.start(path, parent_kind, parent_id, doc['name'], file_id=doc['_id'],
-                              fill=fill, ino=self.ns.inode(node))
-        if truncate and not d.modified:
-            self.writer.truncate(d, 0)
-        return d
+    def _open_dirty(self, fi: Any, d: PendingFile, writable: bool,
+                    remote: RemoteFile | None = None) -> int:
+        fi.keep_cache = 0
+        fi.fh = self._new_handle(Handle(remote, dirty=d, writable=writable,
+                                        append=appending(fi)))
+        return 0
 
     @fuse_op
     def read(self, path: str, size: int, offset: int, fi: Any) -> bytes:
@@ -350,7 +233,7 @@ class GirderOperations(mfusepy.Operations):
         handle = self._handle(fi.fh)
         if handle.data is not None:
             return [handle.data[offset:offset + size]]
-        d = handle.dirty or (self.writer.get(path) if self.writer and path else None)
+        d = handle.dirty or (self.view.pending(path) if path else None)
         if d is not None:
             data = self.writer.read(d, size, offset)
             if data is not None:
@@ -388,129 +271,13 @@ class GirderOperations(mfusepy.Operations):
             self._handles[fh] = handle
         return fh
 
-    # --- status file (hidden: not listed, readable by the mount's owner only) -------------
-    def _status_bytes(self) -> bytes:
-        info = {'stats': self.ns.client.stats.snapshot(),
-                'cache_bytes': self.reader.store.volume()}
-        if self.status_provider is not None:
-            info.update(self.status_provider())
-        return (json.dumps(info, indent=1, sort_keys=True) + '\n').encode()
-
-    def _status_attr(self) -> dict:
-        now = time.time_ns()
-        return {'st_mode': stat.S_IFREG | 0o400, 'st_nlink': 1, 'st_size': 0,
-                'st_uid': self.ns.uid, 'st_gid': self.ns.gid, 'st_mtime': now,
-                'st_ctime': now, 'st_atime': now, 'st_ino': 2**62}
-
-    # --- extended attributes ----------------------------------------------------------------
-    def _new_copy(self, path: str) -> PendingFile | None:
-        """The local changes of a file the server has not seen yet, if ``path`` is one."""
-        d = self.writer.get(path) if self.writer else None
-        return d if d is not None and d.file_id is None else None
-
-    @fuse_op
-    def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
-        d = self._new_copy(path)
-        if d is not None:
-            key = name[len(META_PREFIX):] if name.startswith(META_PREFIX) else None
-            with d.lock:
-                found = key in d.pending_meta  # a JSON null is a value, not a missing key
-                value = d.pending_meta.get(key)
-                if name == META and d.parent_kind == Kind.FOLDER:
-                    found, value = True, dict(d.pending_meta)
-            if not found:
-                raise GirderFSError(errno.ENODATA, f'no attribute {name}')
-            return encode_value(value)
-        if path == STATUS_PATH:
-            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
-        return self.xattrs.get(self.ns.resolve(path), name)
-
-    @fuse_op
-    def listxattr(self, path: str) -> list:
-        d = self._new_copy(path)
-        if d is not None:
-            with d.lock:
-                keys = [META_PREFIX + k for k in d.pending_meta]
-            return [META] + keys if d.parent_kind == Kind.FOLDER else keys
-        if path == STATUS_PATH:
-            return []
-        return self.xattrs.names(self.ns.resolve(path))
-
-    @mutating
-    def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0):
-        exists = name in self.listxattr(path)
-        if options & XATTR_CREATE and exists:
-            raise GirderFSError(errno.EEXIST, f'{name} exists')
-        if options & XATTR_REPLACE and not exists:
-            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
-        d = self._new_copy(path)
-        if d is not None:
-            # A copy being written: keep metadata for after the upload; the source's
-            # read-only attributes do not describe the copy.
-            if name.startswith(META_PREFIX) and d.parent_kind == Kind.FOLDER:
-                with d.lock:
-                    d.pending_meta[self.xattrs.key(name)] = decode_value(value)
-            elif name == META and d.parent_kind == Kind.FOLDER:
-                meta = self.xattrs.whole(value)  # the whole object replaces what is pending
-                with d.lock:
-                    d.pending_meta = dict(meta)
-            elif not name.startswith(PREFIX):
-                raise GirderFSError(errno.ENOTSUP, f'only {PREFIX}* attributes are stored')
-            return 0
-        node = self.ns.resolve(path)
-        self.xattrs.set(node, name, value, created_here=self.ns.created_here(node.id))
-        return 0
-
-    @mutating
-    def removexattr(self, path: str, name: str):
-        d = self._new_copy(path)
-        if d is not None:
-            with d.lock:
-                if name.startswith(META_PREFIX) and name[len(META_PREFIX):] in d.pending_meta:
-                    del d.pending_meta[name[len(META_PREFIX):]]
-                    return 0
-                if name == META and d.parent_kind == Kind.FOLDER:
-                    d.pending_meta.clear()
-                    return 0
-            raise GirderFSError(errno.ENODATA, f'no attribute {name}')
-        node = self.ns.resolve(path)
-        self.xattrs.remove(node, name, created_here=self.ns.created_here(node.id))
-        return 0
-
     # --- writing --------------------------------------------------------------------------
     @mutating
     def create(self, path: str, mode: int, fi: Any) -> int:
-        parent_path, name = split(path)
-        parent = self.ns.resolve(parent_path)
-        if parent.kind == Kind.FOLDER:
-            parent_kind = Kind.FOLDER
-        elif parent.kind == Kind.ITEM and parent.is_dir:
-            parent_kind = Kind.ITEM  # a new file in a multi-file item
-        else:
-            raise GirderFSError(errno.EPERM, f'Girder keeps files in folders, not in a '
-                                             f'{parent.kind}')
-        if not parent.writable:
-            # Known now from the listing: refuse before anything is spooled.
-            raise GirderFSError(errno.EACCES, 'no write access to this folder on Girder')
-        if self.writer.get(path) is None:
-            try:
-                existing = self.ns.children(parent).get(name)
-            except GirderFSError:
-                existing = None
-            if existing is None:
-                check_new_name(name)
-            if existing is not None:
-                # O_CREAT on an existing file: open it (truncating if asked).
-                return self.open(path, fi)
-        d = self.writer.get(path)
-        if d is not None:
-            self.writer.attach(d)
-        else:
-            d = self.writer.start(path, parent_kind, parent.id, name)
-        fi.keep_cache = 0
-        fi.fh = self._new_handle(Handle(dirty=d, writable=True,
-                                        append=appending(fi)))
-        return 0
+        d = self.view.create(path)
+        if d is None:
+            return self.open(path, fi)  # O_CREAT on an existing file: open it (truncating if asked)
+        return self._open_dirty(fi, d, True)
 
     @mutating
     def mknod(self, path: str, mode: int, dev: int) -> int:
@@ -530,25 +297,7 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def truncate(self, path: str, length: int, fh: Any = None) -> int:
-        if length < 0:
-            raise GirderFSError(errno.EINVAL, 'negative length')
-        d = self.writer.get(path)
-        if d is None:
-            node = self.ns.resolve(path)
-            if node.is_dir:
-                raise GirderFSError(errno.EISDIR, 'is a directory')
-            doc = self.ns.file_doc(node)
-            if int(doc.get('size') or 0) == length:
-                return 0
-            remote = RemoteFile.from_doc(doc)
-            d = self._start_existing(path, node, doc, remote, truncate=length == 0)
-            try:
-                self.writer.truncate(d, length)
-                self.writer.flush(d)
-            finally:
-                self.writer.release(d)
-            return 0
-        self.writer.truncate(d, length)
+        self.view.truncate(path, length)
         return 0
 
     @fuse_op
@@ -570,92 +319,26 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def mkdir(self, path: str, mode: int) -> int:
-        parent_path, name = split(path)
-        check_new_name(name)
-        self.ns.mkdir(self.ns.resolve(parent_path), name)
+        self.view.mkdir(path)
         return 0
 
     @mutating
     def rmdir(self, path: str) -> int:
-        parent_path, _ = split(path)
-        node = self.ns.resolve(path)
-        if not node.is_dir:
-            raise GirderFSError(errno.ENOTDIR, 'not a directory')
-        if node.kind == Kind.ITEM:
-            self.ns.load_files(node)
-        if self.ns.children(node) or self.writer.in_dir(path):
-            raise GirderFSError(errno.ENOTEMPTY, 'directory not empty')
-        self.ns.delete(self.ns.resolve(parent_path), node)
+        self.view.rmdir(path)
         return 0
 
     @mutating
     def unlink(self, path: str) -> int:
-        parent_path, _ = split(path)
-        d = self.writer.discard(path)
-        if d is not None and d.file_id is None:
-            return 0  # it never reached the server
-        node = self.ns.resolve(path)
-        if node.is_dir:
-            raise GirderFSError(errno.EISDIR, 'is a directory')
-        self.ns.delete(self.ns.resolve(parent_path), node)
+        self.view.unlink(path)
         return 0
 
     @mutating
     def rename(self, old: str, new: str) -> int:
-        if new == old:
-            return 0
-        if split(new)[1].startswith(FUSE_HIDDEN):
-            return self._hide(old, new)
-        if new.startswith(old.rstrip('/') + '/'):
-            raise GirderFSError(errno.EINVAL, 'cannot move a directory into itself')
-        src_parent_path, _ = split(old)
-        dst_parent_path, name = split(new)
-        check_new_name(name)
-        d = self.writer.get(old)
-        if d is not None:
-            self.writer.flush(d)  # the server must have it before Girder can move it
-        src_parent = self.ns.resolve(src_parent_path)
-        node = self.ns.resolve(old)
-        dst_parent = self.ns.resolve(dst_parent_path)
-        target = self._lookup(new)
-        if target is not None:
-            if target.is_dir and not node.is_dir:
-                raise GirderFSError(errno.EISDIR, 'target is a directory')
-            if node.is_dir and not target.is_dir:
-                raise GirderFSError(errno.ENOTDIR, 'target is not a directory')
-            if target.is_dir and (self.ns.children(target) or self.writer.in_dir(new)):
-                raise GirderFSError(errno.ENOTEMPTY, 'target directory not empty')
-        if target is not None:
-            # Girder has no atomic replace: remove the target, then move the source in.
-            self.writer.discard(new)
-            self.ns.delete(dst_parent, target)
-        self.ns.rename(src_parent, node, dst_parent, name)
-        if node.is_dir:
-            self.writer.rename_dir(old, new)  # open files inside keep showing at their new path
-        if d is not None:
-            into = Kind.ITEM if dst_parent.kind == Kind.ITEM else Kind.FOLDER
-            self.writer.rename(old, new, (into, dst_parent.id), name)
+        if new != old and split(new)[1].startswith(FUSE_HIDDEN):
+            self.view.hide(old, new)  # libfuse's stand-in for unlinking an open file
+        else:
+            self.view.rename(old, new)
         return 0
-
-    def _hide(self, old: str, new: str) -> int:
-        """libfuse's stand-in for unlinking an open file: delete it on the server now, keep
-        the open handles working locally, and never upload the hidden name."""
-        d = self.writer.get(old)
-        if d is None or d.file_id is not None:
-            node = self._lookup(old)
-            if node is not None and not node.is_dir:
-                self.ns.delete(self.ns.resolve(split(old)[0]), node)
-        if d is not None:
-            self.writer.hide(old, new)
-        return 0
-
-    def _lookup(self, path: str) -> Node | None:
-        try:
-            return self.ns.resolve(path)
-        except GirderFSError as exc:
-            if exc.errno == errno.ENOENT:
-                return None
-            raise
 
     @mutating
     def chmod(self, path: str, mode: int) -> int:
@@ -674,25 +357,9 @@ class GirderOperations(mfusepy.Operations):
         # libfuse passes "now" and "leave alone" (touch -a, -m) as these nanosecond values.
         atime, mtime = (now if t == UTIME_NOW else t for t in (atime, mtime))
         if atime != UTIME_OMIT:  # Girder has no access time: the mount remembers it
-            ino = self._getattr(path).get('st_ino')
-            with self._atimes_lock:
-                self._atimes[ino] = atime
-                self._atimes.move_to_end(ino)
-                if len(self._atimes) > ATIMES_MAX:
-                    self._atimes.popitem(last=False)
-        if mtime == UTIME_OMIT:
-            return 0
-        d = self.writer.get(path)
-        if d is not None:
-            with d.lock:
-                d.set_mtime_ns = mtime
-            if d.modified:
-                return 0  # applied after the upload
-        node = self.ns.resolve(path)
-        if self.ns.set_mtime(node, mtime):
-            parent_path, _ = split(path)
-            parent = self.ns.resolve(parent_path)
-            self.ns.invalidate(parent.kind, parent.id)
+            self.view.set_atime(path, atime)
+        if mtime != UTIME_OMIT:
+            self.view.set_mtime(path, mtime)
         return 0
 
     @mutating
@@ -703,42 +370,9 @@ class GirderOperations(mfusepy.Operations):
     def link(self, target: str, source: str) -> int:
         raise GirderFSError(errno.EPERM, 'Girder has no hard links')
 
-    # --- after an upload --------------------------------------------------------------------
-    def uploaded(self, d: PendingFile, file_doc: dict) -> None:
-        """Make the namespace show what the server now has (called by the writer)."""
-        item_id = file_doc.get('itemId')
-        # A plain new item is added to the cached listing below; anything else (a rewrite, a
-        # time or metadata set after the upload) makes the folder be read again.
-        patch = d.parent_kind == Kind.FOLDER and item_id and d.file_id is None \
-            and not d.set_mtime_ns and not d.pending_meta
-        if not patch:
-            self.ns.invalidate(d.parent_kind, d.parent_id)
-        if d.file_id is not None:
-            self.reader.replaced(file_doc)  # handles opened before now read the new content
-        if item_id:
-            self.ns.invalidate(Kind.ITEM, item_id)
-            self.ns.alias_inode((Kind.ITEM if d.parent_kind == Kind.FOLDER else Kind.FILE,
-                                 item_id if d.parent_kind == Kind.FOLDER else file_doc['_id']),
-                                self.ns.inode_for(('dirty', d.entry)))
-        if d.parent_kind == Kind.FOLDER and item_id:
-            if patch:
-                self.ns.add_uploaded_item(d.parent_id, d.name, file_doc)
-            self.ns.mark_created(item_id)
-            if d.pending_meta:
-                self._put_meta(item_id, d.pending_meta)
-            if d.set_mtime_ns:
-                self.ns.set_mtime(Node(Kind.ITEM, item_id, d.name), d.set_mtime_ns)
-
-    def _put_meta(self, item_id: str, meta: dict) -> None:
-        try:
-            self.ns.client.request('PUT', f'item/{item_id}/metadata', kind='change',
-                                   params={'allowNull': 'true'}, json=meta)
-        except GirderFSError as exc:
-            log.error('could not set metadata of uploaded item %s: %s', item_id, exc.reason)
-
     def destroy(self, path: str) -> None:
         self._late_close.close_all()
         if self.writer is not None:
             self.writer.close()
         self.reader.close()
-        self.ns.close()
+        self.view.ns.close()

@@ -231,7 +231,7 @@ class Stack:
         self.reader, self.ops = self.layers.reader, self.layers.ops
 
     def close(self) -> None:
-        self.ops.ns = self.ns  # (a test may have swapped it)
+        self.ops.view.ns = self.ns  # (a test may have swapped it)
         self.ops.destroy('/')
         self.layers.close()
 
@@ -433,7 +433,7 @@ class FailingNamespace:
 
 def test_an_internal_error_is_eio_without_traceback(stack):
     s = stack()
-    s.ops.ns = FailingNamespace(KeyError('a bug'))
+    s.ops.view.ns = FailingNamespace(KeyError('a bug'))
     raises_errno(errno.EIO, s.ops.getattr, '/collection')
     raises_errno(errno.EIO, s.ops.readdir, '/collection', 0)
     raises_errno(errno.EIO, s.ops.open, '/collection/x', fi())
@@ -442,7 +442,7 @@ def test_an_internal_error_is_eio_without_traceback(stack):
 @pytest.mark.parametrize('err', [errno.EACCES, errno.ENOENT, errno.EIO, errno.ENOTDIR])
 def test_girderfs_errors_map_through_every_operation(stack, err):
     s = stack()
-    s.ops.ns = FailingNamespace(GirderFSError(err, 'because'))
+    s.ops.view.ns = FailingNamespace(GirderFSError(err, 'because'))
     raises_errno(err, s.ops.getattr, '/x')
     raises_errno(err, s.ops.readdir, '/x', 0)
     raises_errno(err, s.ops.open, '/x', fi())
