@@ -181,7 +181,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         credentials=client.auth, root=root, verify=verify, timeout=args.timeout,
         cache_size=args.cache_size, block_size=args.block_size, attr_timeout=args.attr_timeout,
         item_check=args.item_check, read_only=args.read_only,
-        upload_chunk_size=args.upload_chunk_size, read_ahead=args.read_ahead, hooks=hooks,
+        upload_chunk_size=args.upload_chunk_size, s3_direct=args.s3_direct,
+        read_ahead=args.read_ahead, hooks=hooks,
         fuse_options=args.fuse_options, user=(client.user or {}).get('login') or 'anonymous',
         version=version)
     client.session.close()  # the mount makes its own client; this one's sockets go now

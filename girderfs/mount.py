@@ -53,6 +53,7 @@ class MountConfig:
     item_check: int = 256
     read_only: bool = False
     upload_chunk_size: int = 64 * MiB
+    s3_direct: str = 'auto'  # auto | always | never
     read_ahead: int | None = None
     hooks: list[tuple[str, str]] = field(default_factory=list)
     fuse_options: list[str] = field(default_factory=list)  # -o groups, comma separated
@@ -112,7 +113,8 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     reader = Reader(remote, store, verify_ttl=config.attr_timeout)
     writer = None
     if not config.read_only:
-        writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size)
+        writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size,
+                        s3_direct=config.s3_direct)
     view = View(ns, reader, writer)
     ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)

@@ -68,6 +68,9 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> set[str]:
     m.add_argument('--read-only', action='store_true', help='refuse every change (EROFS)')
     m.add_argument('--upload-chunk-size', type=parse_size, default=parse_size('64M'),
                    help='bytes per upload request (default 64M)')
+    m.add_argument('--s3-direct', choices=('auto', 'always', 'never'), default='auto',
+                   help='uploads to an S3 assetstore go straight to the object store (auto: '
+                        'unless it cannot be reached from here; default auto)')
     m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
     m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
                    help='bound of the block cache, LRU (default 10G)')

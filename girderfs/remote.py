@@ -14,7 +14,9 @@ expires and sends the byte ranges straight there, never with a Girder credential
 from __future__ import annotations
 
 import errno
+import json
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -29,7 +31,7 @@ import requests
 from .cache import content_key
 from .client import GirderClient, Stats, check, redact
 from .errors import GirderFSError
-from .retry import RetryPolicy
+from .retry import CONNECT, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +51,32 @@ class RemoteFile:
     size: int
     ckey: str
     sha512: str | None = None
-    stamp: str | None = None  # Girder sets 'created' anew when a file's content is replaced
+    # Girder sets a file's 'created' anew when its content is replaced ('updated' moves on a
+    # rename, and not on a replace).
+    stamp: str | None = None
     # When the server last described this content (time.monotonic()), if the caller knows.
     seen: float | None = field(default=None, compare=False)
 
     @classmethod
     def from_doc(cls, doc: dict, seen: float | None = None) -> RemoteFile:
         return cls(doc['_id'], int(doc.get('size') or 0), content_key(doc), doc.get('sha512'),
-                   doc.get('updated') or doc.get('created'), seen)
+                   doc.get('created'), seen)
 
     def matches(self, doc: dict) -> bool:
         """Whether a fresh file document still describes this content."""
         if int(doc.get('size') or 0) != self.size:
             return False
-        if self.sha512 and doc.get('sha512'):
-            return doc['sha512'] == self.sha512
-        return (doc.get('updated') or doc.get('created')) == self.stamp
+        if self.sha512 and doc.get('sha512') and doc['sha512'] != self.sha512:
+            return False
+        # (a replaced file's sha512 can be stale: see content_key)
+        return doc.get('created') == self.stamp
 
 
+
+
+class ObjectStoreUnreachable(GirderFSError):
+    """No connection could be made to the object store a presigned URL names (after the
+    retry rule's tries): this host cannot reach it, though it may reach Girder."""
 
 
 class Body(Protocol):
@@ -132,6 +142,25 @@ class Remote(Protocol):
     def set_metadata(self, model: str, doc_id: str, meta: dict) -> dict:
         """Add or replace metadata keys of an item, folder or collection (a JSON null
         value is stored as null); the changed document."""
+
+    # --- uploads straight to an object store (an upload answered with behavior 's3') ----------
+    def object_put(self, request: dict, data: Spool) -> None:
+        """Send ``data`` as ``request`` (method, presigned url, headers) says."""
+
+    def start_multipart(self, request: dict) -> str:
+        """Start the object store's multipart upload ``request`` names; its UploadId."""
+
+    def part_request(self, upload_id: str, s3_upload_id: str, part: int, length: int) -> dict:
+        """Girder's signed request for part number ``part`` (from 1) of ``length`` bytes."""
+
+    def single_request(self, upload_id: str) -> dict:
+        """A new signed request for a single-PUT upload (its earlier URL may have expired)."""
+
+    def complete_upload(self, upload_id: str) -> dict:
+        """Tell Girder the bytes are in the object store; the file's document."""
+
+    def cancel_upload(self, upload_id: str) -> None:
+        """Drop an upload (and the object store's parts of it)."""
 
 
 class GirderRemote:
@@ -224,6 +253,51 @@ class GirderRemote:
     def set_metadata(self, model: str, doc_id: str, meta: dict) -> dict:
         return self.client.request('PUT', f'{model}/{doc_id}/metadata', kind='change',
                                    params={'allowNull': 'true'}, json=meta)
+
+    def _to_object_store(self, method: str, request: dict, **kwargs) -> requests.Response:
+        try:
+            # Not sent again by the client: a body stream cannot be read twice (the uploader
+            # sends the part again, from the spool).
+            return self.client.object_request(method, request['url'], kind='object-put',
+                                               repeatable=False, **kwargs)
+        except GirderFSError as exc:
+            if exc.failure == CONNECT:
+                raise ObjectStoreUnreachable(exc.errno, exc.reason, failure=CONNECT,
+                                             retried=True) from None
+            raise
+
+    def object_put(self, request: dict, data: Spool) -> None:
+        headers = dict(request.get('headers') or {})
+        headers['Content-Length'] = str(len(data))  # signed: exactly this many bytes
+        self._to_object_store(request.get('method') or 'PUT', request, data=data,
+                              headers=headers).close()
+
+    def start_multipart(self, request: dict) -> str:
+        resp = self._to_object_store(request.get('method') or 'POST', request,
+                                     headers=dict(request.get('headers') or {}))
+        found = re.search(r'<UploadId>([^<]+)</UploadId>', resp.text)
+        if not found:
+            raise GirderFSError(errno.EIO, 'the object store did not answer an UploadId')
+        return found[1]
+
+    def part_request(self, upload_id: str, s3_upload_id: str, part: int, length: int) -> dict:
+        # Girder's direct-to-S3 protocol (its web client's): the part's description goes in
+        # the undocumented 'chunk' parameter, at offset 0; Girder only signs a URL, so asking
+        # twice is harmless.
+        doc = self.client.request('POST', 'file/chunk', kind='upload', repeatable=True, params={
+            'uploadId': upload_id, 'offset': 0, 'chunk': json.dumps(
+                {'s3UploadId': s3_upload_id, 'partNumber': part, 'contentLength': length})})
+        return doc['s3']['request']
+
+    def single_request(self, upload_id: str) -> dict:
+        return self.client.get('file/offset', kind='upload', uploadId=upload_id)
+
+    def complete_upload(self, upload_id: str) -> dict:
+        return self.client.request('POST', 'file/completion', kind='upload',
+                                   params={'uploadId': upload_id})
+
+    def cancel_upload(self, upload_id: str) -> None:
+        self.client.request('DELETE', f'file/upload/{upload_id}', kind='upload')
 
 
 class ObjectLinks:

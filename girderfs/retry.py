@@ -62,8 +62,8 @@ class RetryPolicy:
 
 def failure_of(exc: requests.RequestException) -> str:
     """CONNECT if the request never left this machine, else LOST."""
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return CONNECT
+    if isinstance(exc, (requests.exceptions.ConnectTimeout, requests.exceptions.ProxyError)):
+        return CONNECT  # (a proxy that cannot be reached, or refuses: nothing reached the server)
     reason = exc.args[0] if exc.args else None
     reason = getattr(reason, 'reason', reason)  # urllib3's MaxRetryError wraps the cause
     if isinstance(reason, (NewConnectionError, ConnectTimeoutError)):

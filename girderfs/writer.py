@@ -5,7 +5,9 @@ confirmed it. A journal entry (one small JSON file per spooled file, written ato
 where it goes, so a mount that dies with pending changes completes them on its next start.
 Uploads stream from the spool in chunks (``POST /file`` + ``POST /file/chunk``, or
 ``PUT /file/{id}/contents`` to keep a replaced file's id and metadata) and resume from the
-server's offset after a failure.
+server's offset after a failure. On Girder's S3 assetstore the bytes go straight to the object
+store (one presigned PUT, or a multipart upload whose parts the journal records), unless
+``s3_direct`` says otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 
 from .errors import GirderFSError
 from .kinds import Kind
-from .remote import Remote
+from .remote import ObjectStoreUnreachable, Remote
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,10 @@ class PendingFile:
     ino: int = 0  # the inode number the file had before local changes (0: new file)
     sent: int = 0  # bytes the server has confirmed of the upload under way
     upload_started: float = 0.0
+    # An upload to Girder's S3 assetstore: {'direct': sent to the object store ourselves,
+    # 'chunked': multipart, 'chunk': part length, 'upload': the multipart UploadId, 'parts':
+    # parts the object store confirmed}. None for other assetstores.
+    s3: dict | None = None
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     ready: threading.Event = field(default_factory=threading.Event, repr=False)
     fd: int = -1
@@ -63,7 +69,7 @@ class PendingFile:
         return {'entry': self.entry, 'api_url': api_url, 'path': self.path,
                 'parent_kind': self.parent_kind, 'parent_id': self.parent_id, 'name': self.name,
                 'file_id': self.file_id, 'upload_id': self.upload_id, 'modified': self.modified,
-                'mtime_ns': self.mtime_ns}
+                'mtime_ns': self.mtime_ns, 's3': self.s3}
 
 
 class Writer:
@@ -71,7 +77,7 @@ class Writer:
 
     def __init__(self, remote: Remote, cache_dir: str, *, chunk_size: int = 64 * MiB,
                  on_uploaded: Callable[[PendingFile, dict], None] | None = None,
-                 retry_interval: float = 30.0) -> None:
+                 retry_interval: float = 30.0, s3_direct: str = 'auto') -> None:
         self.remote = remote
         if chunk_size < MIN_CHUNK:
             # Girder answers 400 "Chunk is smaller than the minimum size" to every chunk but
@@ -80,6 +86,9 @@ class Writer:
                         chunk_size, MIN_CHUNK)
             chunk_size = MIN_CHUNK
         self.chunk_size = chunk_size
+        # 'auto': straight to the object store, through Girder once it proved unreachable;
+        # 'always': straight, or fail; 'never': through Girder.
+        self.s3_direct = s3_direct
         self.on_uploaded = on_uploaded
         self.retry_interval = retry_interval
         self.spool_dir = os.path.join(cache_dir, 'spool')
@@ -214,6 +223,7 @@ class Writer:
         # A failed upload's partial copy on the server holds the old bytes: resuming it would
         # mix old and new content, so the next upload starts over.
         d.upload_id = None
+        d.s3 = None
         if not d.deleted:  # an unlinked file is never uploaded: no journal entry
             self.save_journal(d)
 
@@ -329,6 +339,8 @@ class Writer:
         # Resuming an upload someone else sent chunks of (an earlier attempt or mount) is where
         # the server can be left with wrong bytes (see _settled_offset): checked at the end.
         resumed_any = bool(d.upload_id)
+        if d.upload_id and d.s3 and d.s3['direct']:
+            return self._send_direct(d, size, None, damaged)  # from the journal's parts
         if d.upload_id:
             resumed = self._settled_offset(d, size)
             if resumed is None:
@@ -347,13 +359,18 @@ class Writer:
                 self._finish(d, up)
                 return
             d.upload_id = up['_id']
+            d.s3 = self._s3_plan(up)
             self.save_journal(d)
+            if d.s3 and d.s3['direct']:
+                return self._send_direct(d, size, up['s3'].get('request'), damaged)
+        # Through Girder to its S3 assetstore, an upload of one part must be one chunk.
+        chunk_size = size if d.s3 and not d.s3['chunked'] else self.chunk_size
         attempt = 0
         doc = None
         d.sent, d.upload_started = offset, time.monotonic()
         last_log = d.upload_started
         while offset < size:
-            n = min(self.chunk_size, size - offset)
+            n = min(chunk_size, size - offset)
             try:
                 doc = self.remote.send_chunk(d.upload_id, offset, _SpoolSlice(d.fd, offset, n))
                 offset += n
@@ -381,7 +398,10 @@ class Writer:
                 offset = resumed
         if doc is None or doc.get('_modelType') != Kind.FILE:
             raise GirderFSError(errno.EIO, f'upload of {d.path}: server did not finish the file')
-        if resumed_any and doc.get('sha512') and doc['sha512'] != self._spool_sha512(d, size):
+        # (Not on an S3 assetstore: Girder's sha512 there is computed later, from the object
+        # store, or is a replaced file's old one.)
+        if resumed_any and not d.s3 and doc.get('sha512') \
+                and doc['sha512'] != self._spool_sha512(d, size):
             # Girder appends each chunk to its temporary file and takes the file's length as
             # the offset to resume from, so a chunk of the earlier attempt still arriving (held
             # by a proxy, say) interleaves with ours. Send the whole content again, into the
@@ -391,10 +411,126 @@ class Writer:
                                                f'server three times (sha512 differs)')
             log.error('upload of %s arrived damaged on the server (sha512 differs from the '
                       'spool); sending it again', d.path)
-            d.file_id, d.upload_id = doc['_id'], None
+            d.file_id, d.upload_id, d.s3 = doc['_id'], None, None
             self.save_journal(d)
             return self._upload(d, damaged + 1)
         self._finish(d, doc)
+
+    # --- straight to the object store ---------------------------------------------------------
+    def _s3_plan(self, up: dict) -> dict | None:
+        """How an upload Girder answered goes: None unless to its S3 assetstore."""
+        if up.get('behavior') != 's3' or not isinstance(up.get('s3'), dict):
+            return None
+        s3 = up['s3']
+        return {'direct': self.s3_direct != 'never', 'chunked': bool(s3.get('chunked')),
+                'chunk': int(s3.get('chunkLength') or 64 * MiB), 'upload': None, 'parts': 0}
+
+    def _send_direct(self, d: PendingFile, size: int, request: dict | None,
+                     damaged: int) -> None:
+        """Upload ``d`` to the object store (``request``: Girder's first signed request, None
+        when resuming), then have Girder complete it."""
+        d.sent, d.upload_started = 0, time.monotonic()
+        try:
+            if d.s3['chunked']:
+                if not d.s3['upload'] and request is None:
+                    # The mount died before the multipart upload began: its signed request
+                    # went with Girder's answer. Drop that upload and begin again.
+                    return self._start_over(d, size, damaged, cancel=True)
+                self._send_parts(d, size, request)
+            else:
+                self._send_whole(d, size, request)
+            doc = self.remote.complete_upload(d.upload_id)
+        except ObjectStoreUnreachable as exc:
+            if self.s3_direct == 'always':
+                raise
+            if self.s3_direct == 'auto':
+                log.warning('the object store is not reachable from this host (%s): uploads '
+                            'go through Girder from now on (--s3-direct auto)', exc.reason)
+                self.s3_direct = 'never'
+            return self._start_over(d, size, damaged, cancel=True)
+        except GirderFSError as exc:
+            if exc.http_status == 400 and exc.errno == errno.ENOENT:
+                # Girder no longer knows the upload: completed (its answer lost), or dropped.
+                return self._start_over(d, size, damaged)
+            if exc.failure is not None and exc.errno in RETRYABLE:
+                # The completion's answer was lost: it may have been done.
+                if self._completed(d, size):
+                    return None
+            raise
+        self._finish(d, doc)
+        return None
+
+    def _start_over(self, d: PendingFile, size: int, damaged: int, cancel: bool = False) -> None:
+        """Begin a new upload of ``d`` unless the last one had finished."""
+        if cancel:
+            try:
+                self.remote.cancel_upload(d.upload_id)
+            except GirderFSError as exc:  # (an orphan upload; Girder's admins can list them)
+                log.info('could not drop upload %s of %s: %s', d.upload_id, d.path, exc.reason)
+        elif self._completed(d, size):
+            return
+        d.upload_id, d.s3 = None, None
+        self.save_journal(d)
+        self._upload(d, damaged)
+
+    def _send_whole(self, d: PendingFile, size: int, request: dict | None) -> None:
+        attempt = 0
+        while True:
+            if request is None:  # (a URL signed for the last attempt may have expired)
+                request = self.remote.single_request(d.upload_id)
+            try:
+                self.remote.object_put(request, _SpoolSlice(d.fd, 0, size))
+                break
+            except ObjectStoreUnreachable:
+                raise
+            except GirderFSError as exc:
+                attempt = self._again(d, exc, attempt)
+                request = None
+        d.sent = size
+        with self._lock:
+            self.uploaded_bytes += size
+
+    def _send_parts(self, d: PendingFile, size: int, request: dict | None) -> None:
+        s3 = d.s3
+        if not s3['upload']:
+            s3['upload'], s3['parts'] = self.remote.start_multipart(request), 0
+            self.save_journal(d)
+        n = s3['chunk']
+        d.sent = min(size, s3['parts'] * n)
+        attempt, last_log = 0, time.monotonic()
+        while s3['parts'] * n < size:
+            part = s3['parts'] + 1
+            offset = s3['parts'] * n
+            length = min(n, size - offset)
+            try:
+                signed = self.remote.part_request(d.upload_id, s3['upload'], part, length)
+                self.remote.object_put(signed, _SpoolSlice(d.fd, offset, length))
+            except ObjectStoreUnreachable:
+                raise
+            except GirderFSError as exc:
+                # A part sent again replaces the same part number: nothing to ask first.
+                attempt = self._again(d, exc, attempt)
+                continue
+            attempt = 0
+            s3['parts'] = part
+            d.sent = offset + length
+            with self._lock:
+                self.uploaded_bytes += length
+            self.save_journal(d)  # a new mount goes on from the next part
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                log.info('uploading %s: %d of %d MiB', d.path, d.sent >> 20, size >> 20)
+
+    def _again(self, d: PendingFile, exc: GirderFSError, attempt: int) -> int:
+        """Wait before sending to the object store again; raise if that is no use."""
+        attempt += 1
+        # 403/400: the signed URL expired (or was refused): a new one is asked for.
+        if exc.errno not in RETRYABLE and exc.http_status not in (400, 403) \
+                or attempt >= self.remote.policy.tries:
+            raise exc
+        log.warning('upload of %s to the object store: %s; trying again', d.path, exc.reason)
+        self.remote.backoff(attempt)
+        return attempt
 
     def _begin(self, d: PendingFile, size: int) -> dict | None:
         """Start an upload; None if the server already has the file."""
@@ -488,7 +624,7 @@ class Writer:
         return h.hexdigest()
 
     def _finish(self, d: PendingFile, file_doc: dict) -> None:
-        d.upload_id = None
+        d.upload_id, d.s3 = None, None
         d.modified = False
         d.error = None
         if self.on_uploaded is not None:
@@ -519,7 +655,8 @@ class Writer:
                 continue
             d = PendingFile(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
-                      upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0)
+                      upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0,
+                      s3=doc.get('s3'))
             d.ready.set()
             if not d.modified:
                 # The server had this content (the file was still open when the mount died):

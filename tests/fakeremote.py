@@ -77,11 +77,15 @@ class MemoryRemote:
             item = self._new_item(folder_id, name)
             return dict(self._store(None, item['_id'], name, data))
 
-    def set_content(self, file_id: str, data: bytes) -> None:
-        """Someone else replaced the file's content on the server."""
+    def set_content(self, file_id: str, data: bytes, keep_sha512: bool = False) -> None:
+        """Someone else replaced the file's content on the server (``keep_sha512``: and the
+        document kept the old sha512, as Girder's S3 assetstore does)."""
         with self.lock:
             doc = self.files[file_id]
+            old = doc['sha512']
             self._store(file_id, doc['itemId'], doc['name'], data)
+            if keep_sha512:
+                self.files[file_id]['sha512'] = old
 
     def count(self, operation: str) -> int:
         with self.lock:

@@ -7,14 +7,32 @@ never send it a Girder credential, and ask Girder for the URL once while it is v
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.server
+import json
 import os
 import random
+import shutil
+import signal
+import subprocess
 import threading
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 from conftest import sha256, unique
+from faultproxy import wait_for
+from writeutil import (
+    item_files,
+    lookup,
+    make_area,
+    mount_pid,
+    mpath,
+    server_file,
+    sha512_file,
+    write_random,
+)
 
 MiB = 1 << 20
 CREDENTIAL_HEADERS = ('girder-token', 'cookie', 'authorization')
@@ -135,3 +153,155 @@ def test_a_link_file_whose_target_ignores_range_reads_right(mount, girder):
                                       for a in srv.agents for k in a)
     finally:
         srv.shutdown()
+
+
+# --- uploads -------------------------------------------------------------------------------
+@pytest.fixture
+def s3_area(girder, on_s3, request):
+    """A fresh folder whose uploads land in the S3 bucket: (folder doc, its Girder path)."""
+    col = girder.collection(unique('S3w'))
+    return make_area(girder, col, request)
+
+
+def object_puts(store, since: int) -> list[tuple[str, str, dict]]:
+    """Requests that wrote to the object store (PUT, or POST starting a multipart upload)
+    after ``since``, by anyone."""
+    with store.front._lock:
+        return [h for h in store.front.heads[since:] if h[0] in ('PUT', 'POST')]
+
+
+def server_bytes(girder, f: dict) -> bytes:
+    """A file's bytes as Girder serves them (its redirect followed)."""
+    resp = requests.get(f'{girder.url}/file/{f["_id"]}/download', timeout=60,
+                        headers={'Girder-Token': girder.admin_token})
+    resp.raise_for_status()
+    return resp.content
+
+
+def stored_file(girder, store, path: str) -> dict:
+    f = server_file(girder, path)
+    assert f['assetstoreId'] == store.assetstore['_id'], 'not stored in the S3 assetstore'
+    return f
+
+
+def test_cp_goes_straight_to_the_object_store_in_parts(girder, mount, s3_area, on_s3,
+                                                       tmp_path):
+    folder, gp = s3_area
+    src = tmp_path / 'big.bin'
+    write_random(src, 150 * MiB, seed=3)  # three parts of Girder's 64 MiB
+    m = mount()
+    since = len(on_s3.front.heads)
+    shutil.copyfile(src, mpath(m, gp) / 'big.bin')
+    f = stored_file(girder, on_s3, f'{gp}/big.bin')
+    assert f['sha512'] == sha512_file(src) and f['size'] == 150 * MiB
+    writes = object_puts(on_s3, since)
+    ours = [w for w in writes if w[2].get('user-agent', '').startswith('girderfs/')]
+    # The multipart upload's start and its three parts came from the mount, no byte from
+    # Girder (which only completes the upload: a POST without a body).
+    assert [w[0] for w in ours] == ['POST', 'PUT', 'PUT', 'PUT'], [w[:2] for w in writes]
+    theirs = [w for w in writes if w not in ours]
+    assert all(w[0] == 'POST' and int(w[2].get('content-length', 0)) < 10000 for w in theirs), \
+        [(w[0], w[2].get('user-agent'), w[2].get('content-length')) for w in theirs]
+    assert all('partNumber=' in w[1] for w in ours[1:])
+    assert not any(h in w[2] for w in ours for h in CREDENTIAL_HEADERS)
+
+
+def test_a_small_file_is_one_put_and_a_rewrite_keeps_its_id(girder, mount, s3_area, on_s3):
+    folder, gp = s3_area
+    m = mount()
+    target = mpath(m, gp) / 'small.bin'
+    first = os.urandom(3 * MiB + 1)
+    since = len(on_s3.front.heads)
+    target.write_bytes(first)
+    f = stored_file(girder, on_s3, f'{gp}/small.bin')
+    assert f['sha512'] == hashlib.sha512(first).hexdigest()
+    ours = [w for w in object_puts(on_s3, since)
+            if w[2].get('user-agent', '').startswith('girderfs/')]
+    assert [w[0] for w in ours] == ['PUT']
+    second = os.urandom(2 * MiB)
+    target.write_bytes(second)
+    g = stored_file(girder, on_s3, f'{gp}/small.bin')
+    # (Girder keeps the old sha512 of a file replaced on S3: the bytes themselves are compared.)
+    assert g['_id'] == f['_id'] and sha256(server_bytes(girder, g)) == sha256(second)
+    assert sha256(target.read_bytes()) == sha256(second)
+    assert sha256((mount().path / gp.lstrip('/') / 'small.bin').read_bytes()) == sha256(second)
+
+
+def test_s3_direct_never_sends_through_girder(girder, mount, s3_area, on_s3):
+    folder, gp = s3_area
+    m = mount('--s3-direct', 'never')
+    data = os.urandom(5 * MiB)
+    since = len(on_s3.front.heads)
+    (mpath(m, gp) / 'via-girder.bin').write_bytes(data)
+    f = stored_file(girder, on_s3, f'{gp}/via-girder.bin')
+    assert f['sha512'] == hashlib.sha512(data).hexdigest()
+    writes = object_puts(on_s3, since)
+    assert writes and not any(w[2].get('user-agent', '').startswith('girderfs/')
+                              for w in writes)
+
+
+def test_an_object_store_out_of_reach_falls_back_to_girder(girder, mounter, s3_area, on_s3):
+    # This host cannot reach the object store: its requests go to a proxy that refuses them
+    # (Girder's, to localhost:PORT, bypass it), as behind a firewall that lets only Girder by.
+    folder, gp = s3_area
+    url = girder.url.replace('127.0.0.1', 'localhost')
+    m = mounter(url, env={'GIRDER_TOKEN': girder.admin_token, 'http_proxy': 'http://127.0.0.1:9',
+                          'no_proxy': f'localhost:{urlsplit(url).port}'})
+    data = os.urandom(2 * MiB)
+    (mpath(m, gp) / 'fallback.bin').write_bytes(data)
+    f = stored_file(girder, on_s3, f'{gp}/fallback.bin')
+    assert f['sha512'] == hashlib.sha512(data).hexdigest()
+    log = (m.cache_dir / 'girderfs.log').read_text()
+    assert log.count('uploads go through Girder from now on') == 1
+    # No upload left behind on the server.
+    assert not [u for u in girder.api('GET', 'system/uploads') if u['name'] == 'fallback.bin']
+
+
+def test_kill_9_mid_upload_then_remount_completes(girder, s3_area, on_s3, mounter, tmp_path):
+    folder, gp = s3_area
+    src = tmp_path / 'big.bin'
+    write_random(src, 140 * MiB, seed=4)
+    cache, point = tmp_path / 'cache', tmp_path / 'mnt'
+    # The second part waits in the proxy: the mount is killed while it is sent.
+    on_s3.front.add('stall', method='PUT', path=r'partNumber=2&', count=1, seconds=120)
+    mounter(girder.url, '--attr-timeout', '1', cache_dir=cache, point=point)
+    pid = mount_pid(point)
+    target = point / gp.lstrip('/') / 'big.bin'
+    cp = subprocess.Popen(['cp', str(src), str(target)], stderr=subprocess.DEVNULL)
+    try:
+        assert wait_for(lambda: any(e[2] == 'stall' for e in on_s3.front.log), 120), \
+            'the second part was never sent'
+        os.kill(pid, signal.SIGKILL)
+        cp.wait(60)
+    finally:
+        if cp.poll() is None:
+            cp.kill()
+    journal = [json.loads(p.read_text()) for p in (cache / 'journal').glob('*.json')]
+    assert len(journal) == 1 and journal[0]['s3']['parts'] == 1, journal
+    on_s3.front.clear()
+    assert wait_for(lambda: _stale(point), 10)
+    since = len(on_s3.front.heads)
+    mounter(girder.url, cache_dir=cache, point=point)
+    assert wait_for(lambda: _sha512(girder, f'{gp}/big.bin') == sha512_file(src), 180)
+    # Resumed at the second part of the same multipart upload: two more parts, no new start.
+    ours = [w for w in object_puts(on_s3, since)
+            if w[2].get('user-agent', '').startswith('girderfs/')]
+    assert [w[0] for w in ours] == ['PUT', 'PUT'], [w[:2] for w in ours]
+    assert 'partNumber=2&' in ours[0][1] and 'partNumber=3&' in ours[1][1]
+    assert not [u for u in girder.api('GET', 'system/uploads') if u['name'] == 'big.bin']
+
+
+def _stale(point) -> bool:
+    try:
+        os.listdir(point)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def _sha512(girder, path: str) -> str | None:
+    doc = lookup(girder, path)
+    if doc is None:
+        return None
+    files = item_files(girder, doc['_id'])
+    return files[0].get('sha512') if len(files) == 1 else None

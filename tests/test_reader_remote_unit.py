@@ -135,12 +135,13 @@ def test_blocks_evicted_while_a_read_holds_them_stay_readable(stack):
     assert digest(reader.read(other, 0, other.size)) == digest(other_data)
 
 
-def test_content_changed_on_the_server_is_stale_not_mixed(stack):
+@pytest.mark.parametrize('keep_sha512', [False, True])
+def test_content_changed_on_the_server_is_stale_not_mixed(stack, keep_sha512):
     remote, _, reader = stack(verify_ttl=0.0)
     f, data = remote_file(remote, 'c.bin', 2 * MiB)
     assert reader.read(f, 0, MiB) == data[:MiB]
-    new = os.urandom(f.size)  # same size: only the checksum tells
-    remote.set_content(f.file_id, new)
+    new = os.urandom(f.size)  # same size: only the checksum (or Girder's stamp) tells
+    remote.set_content(f.file_id, new, keep_sha512)
     with pytest.raises(GirderFSError) as err:
         reader.read(f, MiB, MiB)  # not cached: would mix old and new content
     assert err.value.errno == errno.ESTALE

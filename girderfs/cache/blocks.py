@@ -50,11 +50,18 @@ def read_fd(fd: int, pos: int, size: int) -> bytes | None:
 
 
 def content_key(file_doc: dict) -> str:
-    """Identify a file's content: its sha512 when Girder has one, else id + size + timestamp."""
+    """Identify a file's content: its sha512 when Girder has one, else id + size; with the time
+    Girder stamps content with (``created``, set anew when the content is replaced; not
+    ``updated``, which a rename moves and a replace does not).
+
+    The stamp goes with the sha512 too: on an S3 assetstore Girder keeps a replaced file's old
+    sha512 (its hashsum plugin computes one only for a file without any), and blocks of the old
+    content must not stand for the new.
+    """
     sha = file_doc.get('sha512')
+    stamp = file_doc.get('created') or ''
     if sha:
-        return f'sha512:{sha}'
-    stamp = file_doc.get('updated') or file_doc.get('created') or ''
+        return f'sha512:{sha}@{stamp}'
     return f'id:{file_doc["_id"]}:{file_doc.get("size")}:{stamp}'
 
 
