@@ -152,8 +152,8 @@ def mounter(girder, tmp_path):
 
 @pytest.fixture
 def proxy(girder):
-    """A fault-injecting proxy in front of the test server (tests/faultproxy.py)."""
-    from faultproxy import FaultProxy
+    """A fault-injecting proxy in front of the test server (testsupport/faultproxy.py)."""
+    from testsupport.faultproxy import FaultProxy
 
     p = FaultProxy(girder.url, seed=7).start()
     yield p
@@ -163,8 +163,8 @@ def proxy(girder):
 @pytest.fixture(scope='session')
 def object_store(girder):
     """A moto S3 server behind a recording fault proxy, as an S3 assetstore of the test server
-    (tests/objectstore.py); started once, when first asked for."""
-    from objectstore import ObjectStore
+    (testsupport/objectstore.py); started once, when first asked for."""
+    from testsupport.objectstore import ObjectStore
 
     store = ObjectStore(girder).start()
     yield store

@@ -16,8 +16,9 @@ import threading
 import time
 
 from conftest import unique
-from faultproxy import wait_for
 from writeutil import server_tree
+
+from testsupport.faultproxy import wait_for
 
 THREADS = 16
 SECONDS = float(os.environ.get('GIRDERFS_CONCURRENCY_SECONDS', '60'))  # issue 6: 60 s

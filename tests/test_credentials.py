@@ -18,11 +18,11 @@ import time
 import pytest
 import requests
 from conftest import run_girderfs, unique
-from faultproxy import wait_for
 from writeutil import lookup, server_sha512
 
 from girderfs.auth import Token, lifetime
 from girderfs.control import credential_lines
+from testsupport.faultproxy import wait_for
 
 DAY = 86400.0
 REFUSED = 'credentials expired or revoked'

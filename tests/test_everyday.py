@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, girderfs_cmd, is_mounted, run_girderfs, sha256, unique
-from faultproxy import FaultProxy
 
 import girderfs
+from testsupport.faultproxy import FaultProxy
 
 BIN = Path(girderfs_cmd()[0]).parent if len(girderfs_cmd()) == 1 else Path(sys.executable).parent
 

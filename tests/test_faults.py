@@ -20,8 +20,9 @@ import time
 
 import pytest
 from conftest import is_mounted
-from faultproxy import FaultProxy, wait_for
 from writeutil import folder_children, item_files, mount_pid, unique
+
+from testsupport.faultproxy import FaultProxy, wait_for
 
 MiB = 1 << 20
 WORKLOAD_SECONDS = float(os.environ.get('GIRDERFS_FAULT_SECONDS', '30'))

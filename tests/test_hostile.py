@@ -12,8 +12,9 @@ import unicodedata
 
 import pytest
 from conftest import unique
-from faultproxy import FaultProxy
 from writeutil import Mounter, folder_children, item_files
+
+from testsupport.faultproxy import FaultProxy
 
 NAME_OPS = ['mkdir', 'create', 'rename_file', 'rename_dir']
 

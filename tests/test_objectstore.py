@@ -22,7 +22,6 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from conftest import sha256, unique
-from faultproxy import wait_for
 from writeutil import (
     item_files,
     lookup,
@@ -33,6 +32,8 @@ from writeutil import (
     sha512_file,
     write_random,
 )
+
+from testsupport.faultproxy import wait_for
 
 MiB = 1 << 20
 CREDENTIAL_HEADERS = ('girder-token', 'cookie', 'authorization')

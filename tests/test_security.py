@@ -10,7 +10,8 @@ import os
 import stat
 
 from conftest import is_mounted, mount_pids, unique
-from faultproxy import wait_for
+
+from testsupport.faultproxy import wait_for
 
 
 def mount_options(point) -> tuple[str, str]:

@@ -14,7 +14,6 @@ import time
 
 import pytest
 from conftest import is_mounted
-from faultproxy import wait_for
 from writeutil import (
     item_files,
     lookup,
@@ -25,6 +24,8 @@ from writeutil import (
     unique,
     write_random,
 )
+
+from testsupport.faultproxy import wait_for
 
 MB = 1000 * 1000
 MiB = 1 << 20

@@ -20,9 +20,9 @@ import threading
 from collections.abc import Iterator
 
 import boto3
-from faultproxy import FaultProxy
 from moto.server import ThreadedMotoServer
 
+from testsupport.faultproxy import FaultProxy
 from testsupport.girder_server import GirderServer, free_port
 
 BUCKET = 'girderfs'
