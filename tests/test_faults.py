@@ -45,18 +45,21 @@ def col(girder):
 
 
 
-def add_random_faults(proxy: FaultProxy) -> None:
-    """About 10% of all requests faulted (each rule sees what the earlier ones let through)."""
-    proxy.add('status', status=500, fraction=0.015)
-    proxy.add('status', status=502, fraction=0.015)
-    proxy.add('status', status=503, fraction=0.015)
-    proxy.add('status', status=429, fraction=0.01, retry_after=1)
-    proxy.add('status', status=429, fraction=0.01)
-    proxy.add('fail_after', status=503, fraction=0.01)  # the server did it; the client hears 503
-    proxy.add('drop', fraction=0.01)  # connection dropped mid-request
-    proxy.add('cut', fraction=0.01)  # response body cut short
-    proxy.add('delay', fraction=0.02, seconds=0.5)
-    proxy.add('stall', fraction=0.004, seconds=3600)  # stall "forever" (until the proxy stops)
+def add_random_faults(proxy: FaultProxy, agent: str | None = None) -> None:
+    """About 10% of all requests faulted (each rule sees what the earlier ones let through);
+    ``agent``: only requests whose User-Agent starts with it."""
+    proxy.add('status', status=500, fraction=0.015, agent=agent)
+    proxy.add('status', status=502, fraction=0.015, agent=agent)
+    proxy.add('status', status=503, fraction=0.015, agent=agent)
+    proxy.add('status', status=429, fraction=0.01, retry_after=1, agent=agent)
+    proxy.add('status', status=429, fraction=0.01, agent=agent)
+    # the server did it; the client hears 503
+    proxy.add('fail_after', status=503, fraction=0.01, agent=agent)
+    proxy.add('drop', fraction=0.01, agent=agent)  # connection dropped mid-request
+    proxy.add('cut', fraction=0.01, agent=agent)  # response body cut short
+    proxy.add('delay', fraction=0.02, seconds=0.5, agent=agent)
+    # stall "forever" (until the proxy stops)
+    proxy.add('stall', fraction=0.004, seconds=3600, agent=agent)
 
 
 class Run:
@@ -87,7 +90,11 @@ class Run:
                 self.failed_ops[kind] = self.failed_ops.get(kind, 0) + 1
 
 
-def test_fault_run(girder, col, mounter, tmp_path):
+@pytest.mark.parametrize('assetstore', ['filesystem', 's3'])
+def test_fault_run(girder, col, mounter, tmp_path, request, assetstore):
+    # On S3, the object store's requests are faulted too (only the mount's: Girder's own
+    # requests to it, hashing an upload say, are not what is tested here).
+    store = request.getfixturevalue('on_s3') if assetstore == 's3' else None
     base = girder.folder(col, unique('run'))
     ro = girder.folder(base, 'ro')
     rw = girder.folder(base, 'rw')
@@ -105,6 +112,8 @@ def test_fault_run(girder, col, mounter, tmp_path):
         root = m.path / 'collection' / col['name'] / base['name']
         assert sorted(os.listdir(root / 'ro')) == sorted(originals)
         add_random_faults(proxy)
+        if store is not None:
+            add_random_faults(store.front, agent='girderfs/')
         run = Run()
         deadline = time.monotonic() + WORKLOAD_SECONDS
 
@@ -221,6 +230,9 @@ def test_fault_run(girder, col, mounter, tmp_path):
                 (' Retry-After' if r.retry_after is not None else '')
             by_fault[key] = by_fault.get(key, 0) + r.fired
         proxy.clear()
+        if store is not None:
+            injected += sum(r.fired for r in store.front.rules)
+            store.front.clear()
         assert not hung, f'{len(hung)} worker(s) hung past {OP_BOUND} s'
         assert not errors, errors[0]
 
@@ -257,15 +269,16 @@ def test_fault_run(girder, col, mounter, tmp_path):
             {new for new, _ in run.uncertain.values()}
         garbage = sorted(set(have) - expected_names)
         spool = sorted(os.listdir(m.cache_dir / 'spool'))
-        summary = (f'fault run: {run.ops} operations ({THREADS} threads, '
+        requests = len(proxy.log) + (len(store.front.log) if store is not None else 0)
+        summary = (f'fault run ({assetstore}): {run.ops} operations ({THREADS} threads, '
                    f'{WORKLOAD_SECONDS:.0f} s), '
-                   f'{injected} faults injected in {len(proxy.log)} requests {by_fault}, '
+                   f'{injected} faults injected in {requests} requests {by_fault}, '
                    f'{stats["retries"]} retries, failed ops {run.failed_ops}, '
                    f'{len(run.committed)} committed + {len(run.pending)} failed closes, '
                    f'wrong bytes {run.wrong_bytes}, lost writes {len(lost)}, '
                    f'slowest op {run.max_op:.1f} s')
         print('\n' + summary)
-        (tmp_path.parent / 'fault-run-summary.txt').write_text(summary + '\n')
+        (tmp_path.parent / f'fault-run-summary-{assetstore}.txt').write_text(summary + '\n')
         assert run.wrong_bytes == 0, run.wrong_detail[:10]
         assert not lost, lost[:10]
         assert not garbage, garbage

@@ -12,6 +12,7 @@
     proxy.add('stall', count=1, seconds=5)                       # say nothing for 5 s, hang up
     proxy.add('stall_after', path=r'/file/chunk', count=1, seconds=30)  # forward; answer nothing
     proxy.add('corrupt', path=r'/file/chunk', count=1)          # forward with a body byte flipped
+    proxy.add('cut', agent='girderfs/')                          # only requests of the mount
     proxy.down(); proxy.up()                                     # refuse connections, then not
     proxy.clear(); proxy.stop()
 
@@ -51,11 +52,14 @@ class Rule:
     retry_after: int | None = None  # for status/fail_after: send a Retry-After header
     body: bytes = b''  # for answer: this body, with ``content_type``, instead of the server's
     content_type: str = 'text/html'
+    agent: str | None = None  # only requests whose User-Agent starts with this
     fired: int = 0
     _regex: re.Pattern | None = field(default=None, repr=False)
 
-    def matches(self, method: str, target: str) -> bool:
+    def matches(self, method: str, target: str, agent: str = '') -> bool:
         if self.method and self.method.upper() != method.upper():
+            return False
+        if self.agent is not None and not agent.startswith(self.agent):
             return False
         if self._regex is not None and not self._regex.search(target):
             return False
@@ -188,11 +192,11 @@ class FaultProxy:
     def add(self, action: str, *, method: str | None = None, path: str | None = None,
             count: int | None = None, fraction: float = 1.0, status: int = 503,
             seconds: float = 0.0, retry_after: int | None = None, body: bytes = b'',
-            content_type: str = 'text/html') -> Rule:
+            content_type: str = 'text/html', agent: str | None = None) -> Rule:
         if action not in ACTIONS:
             raise ValueError(f'unknown fault {action!r}; one of {sorted(ACTIONS)}')
         rule = Rule(action, method, path, count, fraction, status, seconds, retry_after, body,
-                    content_type, _regex=re.compile(path) if path else None)
+                    content_type, agent, _regex=re.compile(path) if path else None)
         with self._lock:
             self.rules.append(rule)
         return rule
@@ -251,10 +255,10 @@ class FaultProxy:
         self.stop()
 
     # --- plumbing ---------------------------------------------------------------------------
-    def _pick(self, method: str, target: str) -> Rule | None:
+    def _pick(self, method: str, target: str, agent: str = '') -> Rule | None:
         with self._lock:
             for rule in self.rules:
-                if rule.matches(method, target):
+                if rule.matches(method, target, agent):
                     if rule.fraction < 1.0 and self.rng.random() >= rule.fraction:
                         continue
                     if rule.count is not None:
@@ -296,7 +300,7 @@ class FaultProxy:
                     kept = [line for line in raw_head.split(b'\r\n')[:-2]
                             if not line.lower().startswith(b'expect:')]
                     raw_head = b'\r\n'.join(kept) + b'\r\n\r\n'
-                rule = self._pick(method, target)
+                rule = self._pick(method, target, _header(headers, 'user-agent') or '')
                 action = rule.action if rule else None
                 if action == 'answer':  # a broken server: HTML, invalid JSON, ...
                     for _ in _body(r, headers):
