@@ -39,18 +39,24 @@ MiB = 1 << 20
 CREDENTIAL_HEADERS = ('girder-token', 'cookie', 'authorization')
 
 
-@pytest.fixture
-def s3_files(girder, on_s3):
+@pytest.fixture(scope='module')
+def s3_stored(girder, object_store):
     """A folder of two files stored in the S3 bucket: (folder path in a mount, {name: bytes})."""
-    col = girder.collection(unique('S3'))
-    folder = girder.folder(col, 'f')
-    files = {'seq.bin': os.urandom(40 * MiB + 123), 'rnd.bin': os.urandom(9 * MiB)}
-    for name, data in files.items():
-        girder.file_item(folder, name, data)
-        doc = girder.api('GET', 'item', params={'folderId': folder['_id'], 'name': name})[0]
-        stored = girder.api('GET', f'item/{doc["_id"]}/files')[0]
-        assert stored['assetstoreId'] == on_s3.assetstore['_id']
+    with object_store.current() as assetstore:
+        col = girder.collection(unique('S3'))
+        folder = girder.folder(col, 'f')
+        files = {'seq.bin': os.urandom(200 * MiB + 123), 'rnd.bin': os.urandom(9 * MiB)}
+        for name, data in files.items():
+            girder.file_item(folder, name, data)
+            doc = girder.api('GET', 'item', params={'folderId': folder['_id'], 'name': name})[0]
+            stored = girder.api('GET', f'item/{doc["_id"]}/files')[0]
+            assert stored['assetstoreId'] == assetstore['_id']
     return f'collection/{col["name"]}/f', files
+
+
+@pytest.fixture
+def s3_files(s3_stored, on_s3):
+    return s3_stored
 
 
 def by_kind(m) -> dict[str, int]:
