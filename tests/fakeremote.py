@@ -17,8 +17,8 @@ from collections.abc import Iterator
 
 from girderfs.client import Stats
 from girderfs.errors import GirderFSError
-from girderfs.remote import RemoteFile
-from girderfs.retry import LOST, STATUS, RetryPolicy
+from girderfs.remote import ObjectStoreUnreachable, RemoteFile
+from girderfs.retry import CONNECT, LOST, STATUS, RetryPolicy
 
 API_URL = 'http://fake.invalid/api/v1'
 
@@ -55,8 +55,13 @@ class MemoryBody:
 class MemoryRemote:
     """Girder's files and uploads in memory (one folder tree, no permissions)."""
 
-    def __init__(self, *, tries: int = 4, quota: int | None = None) -> None:
+    def __init__(self, *, tries: int = 4, quota: int | None = None,
+                 s3_chunk: int | None = None) -> None:
         self.api_url = API_URL
+        # Girder's S3 assetstore: uploads answer behavior 's3' with parts of this length, and
+        # the object store's uploads (single PUTs and multipart parts) live in self.objects.
+        self.s3_chunk = s3_chunk
+        self.objects: dict[str, dict] = {}
         self.policy = RetryPolicy(tries=tries, backoff=0.0)
         self.stats = Stats()
         self.quota = quota  # bytes of file content the user may store
@@ -226,7 +231,86 @@ class MemoryRemote:
         up['_id'] = f'u{next(self._ids)}'
         up['received'] = bytearray()
         self.uploads[up['_id']] = up
-        return {'_id': up['_id'], 'received': 0, 'size': up['size']}
+        answer = {'_id': up['_id'], 'received': 0, 'size': up['size']}
+        if self.s3_chunk:
+            chunked = up['size'] > self.s3_chunk
+            url = f'mem://multipart/{up["_id"]}' if chunked else f'mem://single/{up["_id"]}'
+            up['s3'] = {'chunked': chunked}
+            answer.update(behavior='s3', s3={'chunked': chunked, 'chunkLength': self.s3_chunk,
+                                             'request': {'method': 'POST' if chunked else 'PUT',
+                                                         'url': url, 'headers': {}}})
+        return answer
+
+    # --- the object store of an S3 assetstore ------------------------------------------------
+    def object_put(self, request: dict, data) -> None:
+        body = bytearray()
+        while chunk := data.read(1 << 20):
+            body += chunk
+        with self.lock:
+            self._called('object_put', request['url'], len(body))
+            kind, _, rest = request['url'][len('mem://'):].partition('/')
+            if kind == 'single':
+                self.objects[rest] = {'whole': bytes(body)}
+            else:  # part/<s3 upload id>/<number>
+                s3_id, number = rest.rsplit('/', 1)
+                if s3_id not in self.objects:
+                    raise GirderFSError(errno.ENOENT, 'object store: HTTP 404 NoSuchUpload',
+                                        http_status=404)
+                self.objects[s3_id][int(number)] = bytes(body)
+
+    def start_multipart(self, request: dict) -> str:
+        with self.lock:
+            self._called('start_multipart', request['url'])
+            s3_id = f's3-{next(self._ids)}'
+            self.objects[s3_id] = {}
+            return s3_id
+
+    def part_request(self, upload_id: str, s3_upload_id: str, part: int, length: int) -> dict:
+        with self.lock:
+            self._called('part_request', upload_id, s3_upload_id, part, length)
+            up = self._upload(upload_id)
+            want = min(self.s3_chunk, up['size'] - (part - 1) * self.s3_chunk)
+            if length != want:
+                raise GirderFSError(errno.EINVAL, f'POST file/chunk: HTTP 400 Expected chunk '
+                                                  f'size {want}, but got {length}.',
+                                    http_status=400)
+            up['s3']['upload'] = s3_upload_id
+            return {'method': 'PUT', 'url': f'mem://part/{s3_upload_id}/{part}'}
+
+    def single_request(self, upload_id: str) -> dict:
+        with self.lock:
+            self._called('single_request', upload_id)
+            self._upload(upload_id)
+            return {'method': 'PUT', 'url': f'mem://single/{upload_id}', 'headers': {},
+                    'offset': 0}
+
+    def complete_upload(self, upload_id: str) -> dict:
+        with self.lock:
+            self._called('complete_upload', upload_id)
+            up = self._upload(upload_id)
+            if up['s3']['chunked']:
+                parts = self.objects.pop(up['s3'].get('upload'), {})
+                data = b''.join(parts[n] for n in sorted(parts))
+            else:
+                data = self.objects.pop(upload_id, {}).get('whole', b'')
+            if len(data) != up['size']:  # S3 would refuse to complete it
+                raise GirderFSError(errno.EIO, f'POST file/completion: HTTP 500 {len(data)} '
+                                               f'of {up["size"]} bytes', http_status=500)
+            del self.uploads[upload_id]
+            return dict(self._finish(up, data))
+
+    def cancel_upload(self, upload_id: str) -> None:
+        with self.lock:
+            self._called('cancel_upload', upload_id)
+            up = self.uploads.pop(upload_id, None)
+            if up is not None and up.get('s3'):
+                self.objects.pop(up['s3'].get('upload') or upload_id, None)
+
+    def _upload(self, upload_id: str) -> dict:
+        up = self.uploads.get(upload_id)
+        if up is None:
+            raise GirderFSError(errno.ENOENT, 'HTTP 400 Invalid upload id', http_status=400)
+        return up
 
     def _complete(self, upload_id: str) -> dict:
         up = self.uploads.pop(upload_id)
@@ -251,8 +335,9 @@ class FaultyRemote(MemoryRemote):
     ``'lost'`` the connection dies before the server acts; ``'lost-after'`` after it acted
     (the answer is lost); ``'503'`` the server answers 503 (after the client's own retries);
     ``'cut:N'`` / ``'reset:N'`` a download body ends / the connection resets after N bytes;
-    ``'hold'`` a download waits until ``release()``; a GirderFSError to raise; or a
-    callable, called with the remote after the server acted.
+    ``'hold'`` a download waits until ``release()``; ``'unreachable'`` no connection to the
+    object store; ``'expired'`` the object store refuses a signed URL (403); a GirderFSError to
+    raise; or a callable, called with the remote after the server acted.
     """
 
     def __init__(self, **kwargs) -> None:
@@ -280,6 +365,12 @@ class FaultyRemote(MemoryRemote):
         if fault == '503':
             raise GirderFSError(errno.EIO, f'{operation}: HTTP 503', http_status=503,
                                 retried=self.policy.covers(STATUS, operation != 'send_chunk'))
+        if fault == 'unreachable':
+            raise ObjectStoreUnreachable(errno.EIO, f'{operation}: connection refused',
+                                         failure=CONNECT, retried=True)
+        if fault == 'expired':
+            raise GirderFSError(errno.EACCES, f'{operation}: HTTP 403 AccessDenied',
+                                http_status=403)
 
     def _apply(self, operation: str, call, *args, **kwargs):
         self._fault.value = None
@@ -319,3 +410,13 @@ class FaultyRemote(MemoryRemote):
 
     def upload_offset(self, upload_id: str) -> int:
         return self._apply('upload_offset', super().upload_offset, upload_id)[0]
+
+    def object_put(self, request: dict, data) -> None:
+        return self._apply('object_put', super().object_put, request, data)[0]
+
+    def start_multipart(self, request: dict) -> str:
+        return self._apply('start_multipart', super().start_multipart, request)[0]
+
+    def part_request(self, upload_id: str, s3_upload_id: str, part: int, length: int) -> dict:
+        return self._apply('part_request', super().part_request, upload_id, s3_upload_id,
+                           part, length)[0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import time
 
@@ -186,3 +187,98 @@ def test_a_resumed_upload_that_arrived_damaged_is_sent_again(remote, writers):
     assert digest(stored(remote, 'd.bin')) == digest(data)
     # Finished with the wrong bytes, then the same file (same id) was given the right ones.
     assert remote.count('replace_contents') == 1 and len(remote.files) == 1
+
+
+# --- straight to an S3 assetstore's object store ----------------------------------------------
+@pytest.fixture
+def s3_remote():
+    return FaultyRemote(s3_chunk=CHUNK)
+
+
+def object_puts(remote) -> list[str]:
+    return [c[1] for c in remote.calls if c[0] == 'object_put']
+
+
+def test_a_big_file_goes_to_the_object_store_in_parts(s3_remote, writers):
+    w = writers(s3_remote)
+    data = os.urandom(2 * CHUNK + 99)
+    save(w, 'parts.bin', data)
+    assert digest(stored(s3_remote, 'parts.bin')) == digest(data)
+    assert s3_remote.count('start_multipart') == 1
+    assert [p.rsplit('/', 1)[1] for p in object_puts(s3_remote)] == ['1', '2', '3']
+    assert s3_remote.count('send_chunk') == 0  # no byte through Girder
+    assert s3_remote.count('complete_upload') == 1
+
+
+def test_a_small_file_is_one_put(s3_remote, writers):
+    w = writers(s3_remote)
+    data = os.urandom(CHUNK - 1)
+    save(w, 'one.bin', data)
+    assert stored(s3_remote, 'one.bin') == data
+    assert [c[0] for c in s3_remote.calls] == ['begin_upload', 'object_put', 'complete_upload']
+
+
+@pytest.mark.parametrize('fault', ['lost', 'expired', '503'])
+def test_a_failed_part_is_signed_and_sent_again(s3_remote, writers, fault):
+    w = writers(s3_remote)
+    data = os.urandom(2 * CHUNK + 5)
+    s3_remote.inject('object_put', None, fault)  # the second part
+    save(w, 'again.bin', data)
+    assert digest(stored(s3_remote, 'again.bin')) == digest(data)
+    assert [p.rsplit('/', 1)[1] for p in object_puts(s3_remote)] == ['1', '2', '2', '3']
+    assert s3_remote.count('part_request') == 4 and s3_remote.count('start_multipart') == 1
+
+
+def test_an_expired_single_put_gets_a_new_url(s3_remote, writers):
+    w = writers(s3_remote)
+    data = os.urandom(MiB)
+    s3_remote.inject('object_put', 'expired')
+    save(w, 'renewed.bin', data)
+    assert stored(s3_remote, 'renewed.bin') == data
+    assert s3_remote.count('single_request') == 1 and len(object_puts(s3_remote)) == 2
+
+
+def test_a_new_mount_goes_on_from_the_next_part(s3_remote, writers, tmp_path):
+    first = writers(s3_remote)
+    data = os.urandom(3 * CHUNK + 1)
+    s3_remote.inject('object_put', None, *['lost'] * s3_remote.policy.tries)
+    with pytest.raises(GirderFSError):
+        save(first, 'resume.bin', data, close=False)
+    first.close()
+    [entry] = [json.loads(p.read_text()) for p in (tmp_path / 'journal').glob('*.json')]
+    assert entry['s3']['parts'] == 1 and entry['s3']['upload']
+    second = writers(s3_remote)
+    second.recover()
+    deadline = time.monotonic() + 30
+    while second.pending() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert digest(stored(s3_remote, 'resume.bin')) == digest(data)
+    assert s3_remote.count('start_multipart') == 1 and s3_remote.count('begin_upload') == 1
+    assert [p.rsplit('/', 1)[1] for p in object_puts(s3_remote)][-3:] == ['2', '3', '4']
+
+
+def test_an_unreachable_object_store_falls_back_to_girder(s3_remote, writers, caplog):
+    w = writers(s3_remote)
+    data = os.urandom(2 * CHUNK)
+    s3_remote.inject('start_multipart', 'unreachable')
+    save(w, 'fallback.bin', data)
+    assert digest(stored(s3_remote, 'fallback.bin')) == digest(data)
+    assert s3_remote.count('cancel_upload') == 1 and s3_remote.uploads == {}
+    assert s3_remote.count('send_chunk') == 2  # through Girder
+    assert w.s3_direct == 'never'
+    save(w, 'next.bin', b'x' * 10)  # and from then on, without trying the object store
+    assert s3_remote.count('start_multipart') == 1 and len(object_puts(s3_remote)) == 0
+    assert sum('uploads go through Girder' in r.getMessage() for r in caplog.records) == 1
+
+
+def test_s3_direct_always_fails_when_unreachable_and_keeps_the_data(s3_remote, writers):
+    w = writers(s3_remote)
+    w.s3_direct = 'always'
+    data = os.urandom(MiB)
+    s3_remote.inject('object_put', 'unreachable')
+    with pytest.raises(GirderFSError):
+        save(w, 'kept.bin', data, close=False)
+    d = w.get('/f/kept.bin')
+    assert w.read(d, len(data), 0) == data and d.modified
+    w.flush(d)
+    assert stored(s3_remote, 'kept.bin') == data
