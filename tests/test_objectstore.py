@@ -7,7 +7,6 @@ never send it a Girder credential, and ask Girder for the URL once while it is v
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import http.server
 import json
@@ -23,13 +22,13 @@ import pytest
 import requests
 from conftest import sha256, unique
 from writeutil import (
-    item_files,
-    lookup,
     make_area,
     mount_pid,
     mpath,
+    server_digest,
     server_file,
     sha512_file,
+    stale_endpoint,
     write_random,
 )
 
@@ -286,10 +285,10 @@ def test_kill_9_mid_upload_then_remount_completes(girder, s3_area, on_s3, mounte
     journal = [json.loads(p.read_text()) for p in (cache / 'journal').glob('*.json')]
     assert len(journal) == 1 and journal[0]['s3']['parts'] == 1, journal
     on_s3.front.clear()
-    assert wait_for(lambda: _stale(point), 10)
+    assert wait_for(lambda: stale_endpoint(point), 10)
     since = len(on_s3.front.heads)
     mounter(girder.url, cache_dir=cache, point=point)
-    assert wait_for(lambda: _sha512(girder, f'{gp}/big.bin') == sha512_file(src), 180)
+    assert wait_for(lambda: server_digest(girder, f'{gp}/big.bin') == sha512_file(src), 180)
     # Resumed at the second part of the same multipart upload: two more parts, no new start.
     ours = [w for w in object_puts(on_s3, since)
             if w[2].get('user-agent', '').startswith('girderfs/')]
@@ -297,18 +296,3 @@ def test_kill_9_mid_upload_then_remount_completes(girder, s3_area, on_s3, mounte
     assert 'partNumber=2&' in ours[0][1] and 'partNumber=3&' in ours[1][1]
     assert not [u for u in girder.api('GET', 'system/uploads') if u['name'] == 'big.bin']
 
-
-def _stale(point) -> bool:
-    try:
-        os.listdir(point)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
-
-
-def _sha512(girder, path: str) -> str | None:
-    doc = lookup(girder, path)
-    if doc is None:
-        return None
-    files = item_files(girder, doc['_id'])
-    return files[0].get('sha512') if len(files) == 1 else None

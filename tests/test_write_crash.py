@@ -19,8 +19,10 @@ from writeutil import (
     lookup,
     mount_pid,
     pending,
+    server_digest,
     sha256_file,
     sha512_file,
+    stale_endpoint,
     unique,
     write_random,
 )
@@ -56,17 +58,6 @@ def running_cp(src, dst):
         if cp.poll() is None:
             cp.kill()
             cp.wait()
-
-
-def server_digest(girder, path: str) -> str | None:
-    """sha512 of the single-file item at ``path``, or None while it is not (all) there."""
-    doc = lookup(girder, path)
-    if doc is None or doc['_modelType'] != 'item':
-        return None
-    files = item_files(girder, doc['_id'])
-    if len(files) != 1:
-        return None
-    return files[0].get('sha512')
 
 
 def test_kill_9_during_upload_then_resume(girder, area, proxy, mounter, tmp_path):
@@ -153,14 +144,6 @@ def test_kill_9_after_the_server_finished_but_before_its_answer(girder, area, pr
     assert server_digest(girder, f'{gp}/f.bin') == want
     assert len(proxy.requests('POST', r'/file\?')) == 1
     assert hashlib.sha512((point / gp.lstrip('/') / 'f.bin').read_bytes()).hexdigest() == want
-
-
-def stale_endpoint(path) -> bool:
-    try:
-        os.stat(path)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
 
 
 def write_through(path, data: bytes) -> OSError | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import subprocess
@@ -197,3 +198,22 @@ def make_area(girder, col: dict, request) -> tuple[dict, str]:
 def mpath(m, girder_path: str):
     """Where a Girder path appears in mount ``m``."""
     return m.path / girder_path.lstrip('/')
+
+
+def server_digest(girder, path: str) -> str | None:
+    """sha512 of the single-file item at ``path``, or None while it is not (all) there."""
+    doc = lookup(girder, path)
+    if doc is None or doc['_modelType'] != 'item':
+        return None
+    files = item_files(girder, doc['_id'])
+    if len(files) != 1:
+        return None
+    return files[0].get('sha512')
+
+
+def stale_endpoint(path) -> bool:
+    try:
+        os.stat(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
