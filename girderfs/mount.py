@@ -30,6 +30,7 @@ from .view import View
 from .writer import Writer
 
 log = logging.getLogger(__name__)
+LIBFUSE_THREADS = 10  # FUSE calls served at once (libfuse's own default)
 
 MiB = 1 << 20
 
@@ -196,8 +197,10 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
 
     threading.Thread(target=on_hup, name='girderfs-sighup', daemon=True).start()
     try:
+        # (libfuse 3.14 passes its "unset" max_idle_threads, UINT_MAX, on and warns "Ignoring
+        # invalid max threads value 4294967295" on every mount: the limits are given here.)
         FUSE(layers.ops, config.mountpoint, raw_fi=True, foreground=True, nothreads=False,
-             **options)
+             max_threads=LIBFUSE_THREADS, max_idle_threads=LIBFUSE_THREADS, **options)
     except RuntimeError as exc:
         log.error('FUSE failed: %s', exc)
         tell(f'FUSE could not mount {config.mountpoint} (see the log)')

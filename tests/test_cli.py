@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 from conftest import Mount, assert_one_line_error, is_mounted, mount_pids, run_girderfs, unique
 
 from testsupport.girder_server import free_port
+from testsupport.mounting import girderfs_cmd, girderfs_env
 
 TOKEN_RE = re.compile(r'(?<![A-Za-z0-9])[A-Za-z0-9]{64}(?![A-Za-z0-9])')  # Girder tokens
 
@@ -309,3 +311,28 @@ def test_secrets_stay_out_of_argv_logs_and_urls(girder, users, mount, tmp_path, 
     assert ours, 'no request of the mount in the server access log'
     assert not any(secret in line for line in ours)
     assert not any('token=' in line.lower() or 'key=' in line.lower() for line in ours)
+
+
+def test_a_foreground_mount_prints_only_its_own_lines(girder, point, tmp_path):
+    # libfuse 3.14 warned "Ignoring invalid max threads value 4294967295" on every mount.
+    cmd = girderfs_cmd() + ['mount', girder.url, str(point), '--foreground', '--cache-dir',
+                            str(tmp_path / 'cache')]
+    proc = subprocess.Popen(cmd, env=girderfs_env({'GIRDER_TOKEN': girder.admin_token}),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not is_mounted(point) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert is_mounted(point), proc.stderr.read() if proc.poll() is not None else 'not yet'
+        assert os.listdir(point) == ['collection', 'user']
+        assert run_girderfs('unmount', str(point)).returncode == 0
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    lines = err.strip().splitlines()
+    assert lines and all(re.match(r'\d{4}-\d\d-\d\d [\d:,]+ (INFO|WARNING) girderfs', line)
+                         for line in lines), lines
