@@ -183,12 +183,17 @@ class Namespace:
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
-        """The node at ``path`` (relative to the mount root); ENOENT/ENOTDIR if none."""
+        """The node at ``path`` (relative to the mount root); ENOENT/ENOTDIR if none,
+        ENAMETOOLONG for a name over 255 bytes (no such name can exist here)."""
         node = self.root
         used = []
         for part in path.split('/'):
             if not part:
                 continue
+            if len(part) > NAME_MAX // 4 and \
+                    len(part.encode('utf-8', 'surrogateescape')) > NAME_MAX:
+                raise GirderFSError(errno.ENAMETOOLONG, f'{part[:40]}...: name longer than '
+                                                        f'{NAME_MAX} bytes')
             if not node.is_dir:
                 raise GirderFSError(errno.ENOTDIR, f'{path}: not a directory')
             child = self.children(node).get(part)

@@ -163,3 +163,23 @@ def test_mknod_regular_file_reaches_the_server(girder, posix):
     _, items = folder_children(girder, folder['_id'])
     assert [(i['name'], i['size']) for i in items] == [('empty.txt', 0)]
     assert posix[0].status()['pending_uploads'] == []
+
+
+def test_names_over_255_bytes_are_enametoolong_on_lookups_too(girder, posix):
+    where, _ = workdir(girder, posix, 'longnames')
+    (where / 'short').write_bytes(b'x')
+    (where / 'sub').mkdir()
+    for name in ('a' * 256, 'é' * 128):  # 256 bytes, in ASCII and in UTF-8
+        long = where / name
+        calls = [('stat', lambda p: os.stat(p)), ('unlink', os.unlink), ('rmdir', os.rmdir),
+                 ('truncate', lambda p: os.truncate(p, 0)), ('open', lambda p: open(p, 'rb')),
+                 ('rename from', lambda p: os.rename(p, where / 'x')),
+                 ('rename to', lambda p: os.rename(where / 'short', p)),
+                 ('create', lambda p: open(p, 'wb')), ('mkdir', os.mkdir),
+                 ('below', lambda p: os.stat(p / 'x'))]
+        for what, call in calls:
+            with pytest.raises(OSError) as err:
+                call(long)
+            assert err.value.errno == errno.ENAMETOOLONG, (what, err.value)
+    assert sorted(os.listdir(where)) == ['short', 'sub']  # nothing changed
+    assert (where / 'short').read_bytes() == b'x'
