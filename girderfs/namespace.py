@@ -300,7 +300,7 @@ class Namespace:
         ro = self.read_only or not node.writable
         if node.is_dir:
             mode = stat.S_IFDIR | (0o555 if ro else 0o755)
-            nlink = 2
+            nlink = self._dir_links(node)
         else:
             mode = stat.S_IFREG | (0o444 if ro else 0o644)
             nlink = 1
@@ -310,6 +310,16 @@ class Namespace:
             'st_uid': self.uid, 'st_gid': self.gid, 'st_mtime': updated, 'st_ctime': created,
             'st_atime': updated, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20,
         }
+
+    def _dir_links(self, node: Node) -> int:
+        """A directory's link count: 2 + its subdirectories when its listing is at hand, else
+        1, which tools (find) read as "unknown"; 2 alone would say "no subdirectories"."""
+        if node.kind == Kind.ITEM:
+            return 2  # an item's entries are files
+        listing = self._listings.peek((node.kind, node.id))
+        if listing is None:
+            return 1
+        return 2 + sum(1 for child in listing.values() if child.is_dir)
 
     # --- items ----------------------------------------------------------------------------
     def load_files(self, node: Node) -> list[dict]:

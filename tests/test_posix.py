@@ -183,3 +183,18 @@ def test_names_over_255_bytes_are_enametoolong_on_lookups_too(girder, posix):
             assert err.value.errno == errno.ENAMETOOLONG, (what, err.value)
     assert sorted(os.listdir(where)) == ['short', 'sub']  # nothing changed
     assert (where / 'short').read_bytes() == b'x'
+
+
+def test_directory_link_count_counts_subdirectories(girder, posix):
+    where, _ = workdir(girder, posix, 'nlink')
+    for sub in ('a', 'b', 'c'):
+        (where / sub).mkdir()
+    (where / 'f').write_bytes(b'x')
+    assert sorted(os.listdir(where)) == ['a', 'b', 'c', 'f']  # (the listing is at hand now)
+    assert os.stat(where).st_nlink == 2 + 3
+    assert os.stat(where / 'a').st_nlink in (1, 2)  # empty: 2 once listed, 1 = unknown
+    os.listdir(where / 'a')
+    assert os.stat(where / 'a').st_nlink == 2
+    # find relies on the count to skip stat calls: it must still see everything.
+    res = run(['find', '.', '-mindepth', '1'], where)
+    assert sorted(res.stdout.split()) == ['./a', './b', './c', './f'], res.stderr
