@@ -137,10 +137,11 @@ class GirderOperations(mfusepy.Operations):
         if path is None:
             # fstat of an open file that was unlinked (hard_remove): only its handle knows it.
             handle = self._handle(fh.fh) if fh is not None else None
-            return self.view.with_atime(self.view.unlinked_attr(
+            return self.view.with_local_times(self.view.unlinked_attr(
                 handle and handle.dirty, handle and handle.remote))
         handle = self._open_reader(fh)
-        return self.view.with_atime(self.view.attr(path, handle and (handle.remote, handle.node)))
+        return self.view.with_local_times(
+            self.view.attr(path, handle and (handle.remote, handle.node)))
 
     def _open_reader(self, fi: Any) -> Handle | None:
         """The handle of ``fi`` if it reads a remote file (no local changes), else None."""

@@ -9,6 +9,7 @@ when a path is created, removed or renamed, so the FUSE translator never merges 
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import stat
@@ -37,6 +38,18 @@ def split(path: str) -> tuple[str, str]:
     return parent or '/', name
 
 
+def changes_entries(func):
+    """A view method that adds, removes or moves entries of the directories holding its path
+    arguments: their mtime and ctime move (see ``View.with_local_times``) once it succeeded."""
+    @functools.wraps(func)
+    def wrapper(self, *paths: str):
+        result = func(self, *paths)
+        if not (func.__name__ == 'create' and result is None):  # (an existing file: opened)
+            self._entries_changed(*(split(p)[0] for p in paths))
+        return result
+    return wrapper
+
+
 def check_new_name(name: str) -> None:
     """Refuse a name Girder would reject or silently change (it strips leading and trailing
     white space): the user's name must never be altered behind their back."""
@@ -60,7 +73,9 @@ class View:
         self.writer = writer  # None: a read-only mount, nothing is pending
         self.xattrs = Xattrs(namespace)
         self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
-        self._atimes_lock = threading.Lock()
+        # directory inode -> when this mount last added, removed or moved an entry in it (ns)
+        self._dir_times: OrderedDict[int, int] = OrderedDict()
+        self._atimes_lock = threading.Lock()  # (both tables)
 
     # --- lookups --------------------------------------------------------------------------
     def pending(self, path: str) -> PendingFile | None:
@@ -134,14 +149,38 @@ class View:
                 'st_uid': self.ns.uid, 'st_gid': self.ns.gid, 'st_mtime': now,
                 'st_ctime': now, 'st_atime': now, 'st_ino': STATUS_INO}
 
-    def with_atime(self, attr: dict) -> dict:
-        """``attr`` with the access time utimens set, if one was (Girder keeps none)."""
-        if self._atimes:
-            with self._atimes_lock:
-                atime = self._atimes.get(attr.get('st_ino'))
-            if atime is not None:
-                return dict(attr, st_atime=atime)
+    def with_local_times(self, attr: dict) -> dict:
+        """``attr`` with the times only this mount knows: the access time utimens set (Girder
+        keeps none), and for a directory the last time this mount changed its entries (Girder
+        does not move a folder's time for that), if later than the server's."""
+        if not self._atimes and not self._dir_times:
+            return attr
+        ino = attr.get('st_ino')
+        with self._atimes_lock:
+            atime = self._atimes.get(ino)
+            changed = self._dir_times.get(ino) if stat.S_ISDIR(attr['st_mode']) else None
+        if atime is None and changed is None:
+            return attr
+        attr = dict(attr)
+        if atime is not None:
+            attr['st_atime'] = atime
+        if changed is not None:
+            attr['st_mtime'] = max(attr['st_mtime'], changed)
+            attr['st_ctime'] = max(attr['st_ctime'], changed)
         return attr
+
+    def _entries_changed(self, *dirs: str) -> None:
+        now = time.time_ns()
+        for path in set(dirs):
+            try:
+                ino = self.inode(self.ns.resolve(path))
+            except GirderFSError:
+                continue
+            with self._atimes_lock:
+                self._dir_times[ino] = now
+                self._dir_times.move_to_end(ino)
+                if len(self._dir_times) > ATIMES_MAX:
+                    self._dir_times.popitem(last=False)
 
     def set_atime(self, path: str, atime: int) -> None:
         """Remember an access time for ``path`` (for the life of the mount, bounded)."""
@@ -277,6 +316,7 @@ class View:
             raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
         return self._start_copy(path, node, doc, remote, truncate), None, remote
 
+    @changes_entries
     def create(self, path: str) -> PendingFile | None:
         """Local changes for a new file at ``path``; None if the server has a file there."""
         parent_path, name = split(path)
@@ -354,11 +394,13 @@ class View:
             self.writer.release(d)
 
     # --- tree changes -----------------------------------------------------------------------
+    @changes_entries
     def mkdir(self, path: str) -> None:
         parent_path, name = split(path)
         check_new_name(name)
         self.ns.mkdir(self.ns.resolve(parent_path), name)
 
+    @changes_entries
     def rmdir(self, path: str) -> None:
         """Remove an empty directory (no entries on the server, no new files pending)."""
         node = self.ns.resolve(path)
@@ -370,6 +412,7 @@ class View:
             raise GirderFSError(errno.ENOTEMPTY, 'directory not empty')
         self.ns.delete(self.ns.resolve(split(path)[0]), node)
 
+    @changes_entries
     def unlink(self, path: str) -> None:
         """Drop the local changes at ``path`` and delete the server's file, if any."""
         d = self.writer.discard(path)
@@ -380,6 +423,7 @@ class View:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         self.ns.delete(self.ns.resolve(split(path)[0]), node)
 
+    @changes_entries
     def rename(self, old: str, new: str) -> None:
         """Move ``old`` to ``new`` on the server (replacing ``new``) and in the local table."""
         if new == old:
@@ -413,6 +457,7 @@ class View:
             into = Kind.ITEM if dst_parent.kind == Kind.ITEM else Kind.FOLDER
             self.writer.rename(old, new, (into, dst_parent.id), name)
 
+    @changes_entries
     def hide(self, old: str, new: str) -> None:
         """An open file unlinked (libfuse renames it to a hidden name): delete it on the server
         now, keep the open handles working locally, and never upload the hidden name."""

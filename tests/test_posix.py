@@ -10,6 +10,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -198,3 +199,26 @@ def test_directory_link_count_counts_subdirectories(girder, posix):
     # find relies on the count to skip stat calls: it must still see everything.
     res = run(['find', '.', '-mindepth', '1'], where)
     assert sorted(res.stdout.split()) == ['./a', './b', './c', './f'], res.stderr
+
+
+def test_directory_times_move_when_entries_change(girder, posix):
+    where, _ = workdir(girder, posix, 'dirtimes')
+    sub = where / 'sub'
+    sub.mkdir()
+    steps = [('create', [where], lambda: (where / 'f').write_bytes(b'x')),
+             ('mkdir', [where], lambda: (where / 'd').mkdir()),
+             ('rename', [where], lambda: os.rename(where / 'f', where / 'g')),
+             ('move', [where, sub], lambda: os.rename(where / 'g', sub / 'g')),
+             ('unlink', [sub], lambda: os.unlink(sub / 'g')),
+             ('rmdir', [where], lambda: os.rmdir(where / 'd'))]
+    for what, changed, step in steps:
+        before = {d: os.stat(d) for d in (where, sub)}
+        time.sleep(0.02)
+        step()
+        for d in (where, sub):
+            after = os.stat(d)
+            if d in changed:
+                assert after.st_mtime_ns > before[d].st_mtime_ns, (what, d.name)
+                assert after.st_ctime_ns >= after.st_mtime_ns, (what, d.name)
+            else:  # a change inside a directory moves its times, not its neighbours'
+                assert after.st_mtime_ns == before[d].st_mtime_ns, (what, d.name)
