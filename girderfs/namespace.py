@@ -467,6 +467,15 @@ class Namespace:
             return False
         return True
 
+    def touch_item(self, item_id: str) -> None:
+        """Move an item's ``updated`` time to now: Girder does not when a file of it gets new
+        content (``PUT file/{id}/contents``), and any user who may write it may do this."""
+        try:
+            self.client.request('PUT', f'item/{item_id}', kind='change')
+        except GirderFSError as exc:
+            log.warning('could not move the time of item %s after new content: %s', item_id,
+                        exc.reason)
+
     # --- fetching -------------------------------------------------------------------------
     def _fetch_listing(self, node: Node) -> dict[str, Node]:
         c = self.client

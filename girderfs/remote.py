@@ -28,7 +28,7 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import requests
 
-from .cache import content_key
+from .cache import content_key, content_stamp
 from .client import GirderClient, Stats, check, redact
 from .errors import GirderFSError
 from .retry import CONNECT, RetryPolicy
@@ -60,7 +60,7 @@ class RemoteFile:
     @classmethod
     def from_doc(cls, doc: dict, seen: float | None = None) -> RemoteFile:
         return cls(doc['_id'], int(doc.get('size') or 0), content_key(doc), doc.get('sha512'),
-                   doc.get('created'), seen)
+                   content_stamp(doc), seen)
 
     def matches(self, doc: dict) -> bool:
         """Whether a fresh file document still describes this content."""
@@ -69,7 +69,7 @@ class RemoteFile:
         if self.sha512 and doc.get('sha512') and doc['sha512'] != self.sha512:
             return False
         # (a replaced file's sha512 can be stale: see content_key)
-        return doc.get('created') == self.stamp
+        return content_stamp(doc) == self.stamp
 
 
 

@@ -481,6 +481,8 @@ class View:
             self.ns.invalidate(d.parent_kind, d.parent_id)
         if d.file_id is not None:
             self.reader.replaced(file_doc)  # handles opened before now read the new content
+            if d.parent_kind == Kind.FOLDER and item_id and not d.set_mtime_ns:
+                self.ns.touch_item(item_id)  # new content: its mtime moves forward
         if item_id:
             self.ns.invalidate(Kind.ITEM, item_id)
             self.ns.alias_inode((Kind.ITEM if d.parent_kind == Kind.FOLDER else Kind.FILE,

@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import shutil
+import time
 
 import pytest
 from writeutil import (
@@ -452,3 +453,27 @@ def test_mkdir_rmdir_collection(girder, mount):
     os.rmdir(m.path / 'collection' / name)
     assert lookup(girder, f'/collection/{name}') is None
     assert name not in os.listdir(m.path / 'collection')
+
+
+def test_mtime_moves_forward_on_every_content_change(girder, mount, tmp_path):
+    col = girder.collection(unique('Mtime'))
+    folder = girder.folder(col, 'f')
+    girder.file_item(folder, 'f.txt', b'a\n')
+    m = mount('--attr-timeout', '1')
+    f = m.path / 'collection' / col['name'] / 'f' / 'f.txt'
+    seen = [os.stat(f).st_mtime_ns]
+    changes = [lambda: f.open('ab').write(b'b\n'),               # echo b >> f
+               lambda: os.truncate(f, 1),                       # truncate
+               lambda: f.write_bytes(b'z'),                     # same size, new bytes
+               lambda: f.write_bytes(b'z\n' * 3)]
+    for change in changes:
+        time.sleep(0.05)
+        change()
+        now = os.stat(f).st_mtime_ns
+        assert now > seen[-1], seen + [now]
+        seen.append(now)
+        time.sleep(1.2)  # the attribute timeout: what the server says now must not go back
+        again = os.stat(f).st_mtime_ns
+        assert again >= now, seen + [again]
+        seen.append(again)
+    assert f.read_bytes() == b'z\n' * 3

@@ -14,6 +14,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from datetime import datetime
 
 from .index import BlockIndex
 
@@ -49,6 +50,17 @@ def read_fd(fd: int, pos: int, size: int) -> bytes | None:
     return data
 
 
+def content_stamp(file_doc: dict) -> str:
+    """A file document's ``created`` to the millisecond: MongoDB keeps milliseconds, and the
+    document an upload answers (before it was stored) has microseconds."""
+    value = file_doc.get('created') or ''
+    try:
+        when = datetime.fromisoformat(str(value).replace('Z', '+00:00'))
+    except ValueError:
+        return str(value)
+    return when.replace(microsecond=when.microsecond // 1000 * 1000).isoformat()
+
+
 def content_key(file_doc: dict) -> str:
     """Identify a file's content: its sha512 when Girder has one, else id + size; with the time
     Girder stamps content with (``created``, set anew when the content is replaced; not
@@ -59,7 +71,7 @@ def content_key(file_doc: dict) -> str:
     content must not stand for the new.
     """
     sha = file_doc.get('sha512')
-    stamp = file_doc.get('created') or ''
+    stamp = content_stamp(file_doc)
     if sha:
         return f'sha512:{sha}@{stamp}'
     return f'id:{file_doc["_id"]}:{file_doc.get("size")}:{stamp}'
