@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import s3
 from .common import PAGE_SIZE, MiB, fmt_bytes
 from .mounts import PEER_PACKAGE
 
@@ -23,6 +24,7 @@ TARGETS = {
     'P5': 'girderfs >= 0.9x parallel curl',
     'P6': 'cache dir <= --cache-size',
     'RSS': 'girderfs peak RSS <= 150 MiB',
+    **s3.TARGETS,
 }
 
 
@@ -70,6 +72,7 @@ def evaluate(ctx: Bench) -> dict:
     peaks = [r['vm_hwm_mib'] for r in ctx.rss.get('girderfs', [])]
     if peaks:
         out['RSS'] = {'peak_mib': max(peaks), 'need': 150, 'met': max(peaks) <= 150}
+    s3.evaluate(ctx, out)
     return out
 
 
@@ -86,7 +89,8 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
                  f"Linux {m['kernel']}, Python {m['python']}")
     lines.append(f"server    Girder {meta['girder_version']} (testsupport/girder_server.py, "
                  f"mongomock + fast index, filesystem assetstore, loopback)")
-    lines.append(f"girderfs  {meta['girderfs_version']} ({' '.join(meta['girderfs_cmd'])})")
+    lines.append(f"girderfs  {meta['girderfs_version']} ({' '.join(meta['girderfs_cmd'])}); "
+                 f"the mounts run {meta.get('mount_code', 'this checkout')}")
     if a.peer:
         lines.append(f"peer      {PEER_PACKAGE} {ctx.peer.get('version', '')} "
                      + ('(diskcache on, --flatten)' if peer else
@@ -211,7 +215,8 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
     lines.append('')
     lines.append('gfs/base, peer/base: the system\'s figure over the baseline\'s (MB/s: higher is '
                  'better; ms: lower is better). BAD: bytes or entries wrong.')
-    lines.append('Writes are measured by tools/bench_writes.py.')
+    lines.append('Writes are measured by tools/bench_writes.py (and S3 below).')
+    lines.extend(s3.report_lines(ctx, verdicts))
 
     # where the time goes
     lines.append('')
