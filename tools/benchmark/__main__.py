@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--s3-mib', type=int, default=None,
                    help='size of the S1/S2/S3 file (default 1024; 64 with --quick); the '
                         'object store (moto) holds every upload in memory')
+    p.add_argument('--moto-whole-ranges', action='store_true',
+                   help='leave moto as it is: it answers each ranged GET by reading the whole '
+                        'object (by default the S-cases make it read only the range, as S3 does)')
     p.add_argument('--girderfs-pythonpath', metavar='DIR', default=None,
                    help='the mount processes import girderfs from DIR (PYTHONPATH), e.g. a '
                         'worktree of an older commit for before/after figures')

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import requests
 
+from . import motorange
 from .common import BenchError, MiB, bounded, fmt_res, latency, mbps, run_cmd, say
 from .data import make_local_file, upload_local_file, wait_sha512
 from .probes import Probe, proc_status_kib
@@ -111,6 +112,8 @@ class S3Cases:
         g = ctx.server.g
         size = ctx.args.s3_mib * MiB
         say('starting the object store (moto S3 behind the recording proxy)')
+        if not ctx.args.moto_whole_ranges:
+            motorange.install()
         self.store = ObjectStore(g).start()
         for name in ('s3data', 's3-gc', 's3-fs'):
             self.folders[name] = g.folder(collection, name)
@@ -400,7 +403,9 @@ def report_lines(ctx: Bench, verdicts: dict) -> list[str]:
         return []
     a = ctx.args
     lines = ['', f'S-cases: Girder S3 assetstore (moto {moto_version()} behind the recording '
-             f'proxy, loopback), {a.s3_mib} MiB file; mount code: {mount_code(a)}']
+             f'proxy, loopback; ranged GETs read '
+             f'{"the whole object (moto as is)" if a.moto_whole_ranges else "only the range"}'
+             f'), {a.s3_mib} MiB file; mount code: {mount_code(a)}']
 
     def verdict(case: str) -> str:
         v = verdicts.get(case)
