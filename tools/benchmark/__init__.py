@@ -12,6 +12,13 @@ its own cache dir) and measures, side by side in the same run:
   P6  a cache smaller than the file: the cache directory stays within --cache-size
   plus the peak RSS of every mount process, and the mount/server CPU seconds of every case.
 
+On Girder's S3 assetstore (issue 15; moto's S3 server behind a recording proxy, run only when
+named: --only S1,S2,S3; size --s3-mib), with the Girder and object-store requests of each:
+  S1  cold sequential read of a big file                                   vs  curl -L
+  S2  200 cold random 4 KiB reads (mean ms)       vs  ranged GETs straight to the presigned URL
+  S3  cp of a big file into the mount, and the mount's peak RSS            vs  girder-client
+--girderfs-pythonpath DIR runs the mounts on another checkout (before/after figures).
+
 With --peer it installs girder-client-mount (PyPI) into its own venv and runs the same cases
 through it. Writes have their own benchmark: tools/bench_writes.py.
 
@@ -19,5 +26,6 @@ Run as root (dropping the page cache needs it):
     /tmp/venv/bin/python tools/bench.py --quick            # smoke run, ~1-2 minutes
     /tmp/venv/bin/python tools/bench.py                   # 1 GiB, 10,000 items
     /tmp/venv/bin/python tools/bench.py --peer --json bench-results.json
+    /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 [--girderfs-pythonpath /tmp/wt-old]
 Progress goes to stderr; the report (one table of ratios) to stdout; all figures to --json.
 """

@@ -21,6 +21,7 @@ from .data import Server, make_local_file, seed_items, upload_local_file, wait_s
 from .mounts import PEER_PACKAGE, PEER_VENV, setup_peer
 from .probes import loadavg, machine_info
 from .report import TARGETS, evaluate, report
+from .s3 import S3Cases, mount_code
 
 ENTRY = Path(__file__).resolve().parent.parent / 'bench.py'  # the command the README gives
 
@@ -55,7 +56,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--list-timeout', type=float, default=1800,
                    help='seconds allowed for one ls/find (default 1800)')
     p.add_argument('--only', default='P1,P2,P3,P4,P5,P6',
-                   help='cases to run, comma separated (P1 and P2 run together)')
+                   help='cases to run, comma separated (P1 and P2 run together); the S3 '
+                        'cases S1,S2,S3 run only when named')
+    p.add_argument('--s3-mib', type=int, default=None,
+                   help='size of the S1/S2/S3 file (default 1024; 64 with --quick); the '
+                        'object store (moto) holds every upload in memory')
+    p.add_argument('--moto-whole-ranges', action='store_true',
+                   help='leave moto as it is: it answers each ranged GET by reading the whole '
+                        'object (by default the S-cases make it read only the range, as S3 does)')
+    p.add_argument('--girderfs-pythonpath', metavar='DIR', default=None,
+                   help='the mount processes import girderfs from DIR (PYTHONPATH), e.g. a '
+                        'worktree of an older commit for before/after figures')
     p.add_argument('--girderfs-arg', action='append', default=[],
                    help='extra argument for girderfs mount (repeatable), e.g. '
                         '--girderfs-arg=--block-size=1M')
@@ -63,6 +74,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.size_mib = args.size_mib or (64 if args.quick else 1024)
     args.items = args.items if args.items is not None else (1000 if args.quick else 10000)
     args.par_mib = args.par_mib or (16 if args.quick else 64)
+    args.s3_mib = args.s3_mib or (64 if args.quick else 1024)
     args.rounds = max(1, args.rounds or (1 if args.quick else 3))
     args.only = {c.strip().upper() for c in args.only.split(',') if c.strip()}
     return args
@@ -89,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx.workdir = args.workdir or tempfile.mkdtemp(prefix='girderfs-bench-', dir='/tmp')
     os.makedirs(ctx.workdir, exist_ok=True)
     need = (args.size_mib * 4 + args.parallel * args.par_mib * 3) * MiB
+    if args.only & {'S1', 'S2', 'S3'}:
+        need += args.s3_mib * 3 * MiB  # the local file, a mount's cache, the cp's spool
     free = shutil.disk_usage(ctx.workdir).free
     if free < need:
         print(f'bench: {ctx.workdir} has {fmt_bytes(free)} free, needs about {fmt_bytes(need)}',
@@ -97,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     say(f'workdir {ctx.workdir}')
     interrupted = False
     meta: dict[str, Any] = {'loadavg_start': loadavg()}
+    s3cases = S3Cases(ctx)
     if meta['loadavg_start'] > 0.5:
         say(f'warning: load average {meta["loadavg_start"]}: other jobs will disturb the figures')
     try:
@@ -154,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             ctx.p5()
         if 'P6' in args.only:
             ctx.p6()
+        if args.only & {'S1', 'S2', 'S3'}:
+            s3cases.setup(col)
+            if 'S1' in args.only:
+                s3cases.s1()
+            if 'S2' in args.only:
+                s3cases.s2()
+            if 'S3' in args.only:
+                s3cases.s3()
     except KeyboardInterrupt:
         interrupted = True
         say('interrupted: cleaning up')
@@ -164,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         for m in list(ctx.mounts):
             with contextlib.suppress(Exception):
                 m.stop()
+        s3cases.stop()
         if ctx.server and ctx.server.g.proc:
             meta['girder_version'] = (getattr(ctx.server, 'version', None) or {}).get(
                 'release', '?')
@@ -177,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         'machine': machine_info(), 'command': command,
         'girderfs_version': getattr(girderfs, '__version__', '?'),
         'girderfs_cmd': [os.path.basename(ctx.girderfs_cmd[0])] + ctx.girderfs_cmd[1:],
+        'mount_code': mount_code(args),
         'page_cache_dropped': ctx.dropped,
         'args': {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(args).items()},
     })

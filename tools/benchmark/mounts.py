@@ -168,11 +168,15 @@ class GirderfsMount(Mount):
     kind = 'girderfs'
 
     def _start(self) -> None:
+        # --girderfs-pythonpath: the mount process imports girderfs from there (an older
+        # checkout, for before/after figures); the bench itself keeps its own.
+        path = getattr(self.ctx.args, 'girderfs_pythonpath', None)
+        env = {'PYTHONPATH': path} if path else None
         try:
             res = mount_girderfs(self.ctx.server.g.url, self.path, self.cache_dir,
                                  '--cache-size', str(self.cache_size),
                                  *self.ctx.args.girderfs_arg,
-                                 token=self.ctx.server.g.admin_token, timeout=120)
+                                 token=self.ctx.server.g.admin_token, timeout=120, env=env)
         except subprocess.TimeoutExpired:
             raise BenchError('girderfs mount: no result after 120 s') from None
         if res.returncode != 0 or not is_mounted(self.path):

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from . import s3
 from .common import PAGE_SIZE, MiB, fmt_bytes
 from .mounts import PEER_PACKAGE
 
@@ -23,6 +24,7 @@ TARGETS = {
     'P5': 'girderfs >= 0.9x parallel curl',
     'P6': 'cache dir <= --cache-size',
     'RSS': 'girderfs peak RSS <= 150 MiB',
+    **s3.TARGETS,
 }
 
 
@@ -70,6 +72,7 @@ def evaluate(ctx: Bench) -> dict:
     peaks = [r['vm_hwm_mib'] for r in ctx.rss.get('girderfs', [])]
     if peaks:
         out['RSS'] = {'peak_mib': max(peaks), 'need': 150, 'met': max(peaks) <= 150}
+    s3.evaluate(ctx, out)
     return out
 
 
@@ -86,7 +89,8 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
                  f"Linux {m['kernel']}, Python {m['python']}")
     lines.append(f"server    Girder {meta['girder_version']} (testsupport/girder_server.py, "
                  f"mongomock + fast index, filesystem assetstore, loopback)")
-    lines.append(f"girderfs  {meta['girderfs_version']} ({' '.join(meta['girderfs_cmd'])})")
+    lines.append(f"girderfs  {meta['girderfs_version']} ({' '.join(meta['girderfs_cmd'])}); "
+                 f"the mounts run {meta.get('mount_code', 'this checkout')}")
     if a.peer:
         lines.append(f"peer      {PEER_PACKAGE} {ctx.peer.get('version', '')} "
                      + ('(diskcache on, --flatten)' if peer else
@@ -211,41 +215,44 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
     lines.append('')
     lines.append('gfs/base, peer/base: the system\'s figure over the baseline\'s (MB/s: higher is '
                  'better; ms: lower is better). BAD: bytes or entries wrong.')
-    lines.append('Writes are measured by tools/bench_writes.py.')
+    lines.append('Writes are measured by tools/bench_writes.py (and S3 below).')
 
     # where the time goes
-    lines.append('')
-    lines.append('where the time goes: wall s | CPU s of the server, the mount, the reader '
-                 '(cat/curl/ls/bench) and everything else on the machine, and CPU s the '
-                 'hypervisor gave to other VMs (steal) | HTTP requests seen by '
-                 'the server | MiB downloaded by girderfs')
-    other = wall = steal = 0.0
-    for case in ('P1', 'P2', 'P3cold', 'P3warm', 'P4ls', 'P4ls-again', 'P4find', 'P5', 'P6'):
-        for system, r in R.get(case, {}).items():
-            if 'error' in r:
-                lines.append(f'  {case:10} {system:10} FAILED: {r["error"][:150]}')
-                continue
-            down = r.get('bytes_down')
-            other += r.get('other_cpu_s', 0)
-            steal += r.get('steal_cpu_s', 0)
-            wall += r.get('seconds', 0)
-            lines.append(
-                f"  {case:10} {system:10} {r.get('seconds', 0):8.2f} | "
-                f"srv {r.get('server_cpu_s', 0):6.2f}  mnt {r.get('mount_cpu_s', '-')!s:>6}  "
-                f"rdr {r.get('reader_cpu_s', 0):5.2f}  other {r.get('other_cpu_s', 0):6.2f}  "
-                f"steal {r.get('steal_cpu_s', 0):5.2f} | "
-                f"{r.get('server_requests', '-')!s:>6} req | "
-                f"{'-' if down is None else f'{down / MiB:.0f}'}"
-                + (f"  (status file: {r['status_error']})" if r.get('status_error') else ''))
-    if wall and steal / wall > 0.2:
-        lines.append(f'WARNING: the hypervisor took {steal / wall:.2f} of {os.cpu_count()} CPUs '
-                     'on average while cases ran (steal): the host is shared and the figures '
-                     'are disturbed; compare ratios, or rerun when it is quiet')
-    if wall and other / wall > 0.2:
-        lines.append(f'WARNING: other processes used {other / wall:.2f} CPUs on average while '
-                     f'cases ran (load average {meta.get("loadavg_start")} at the start, '
-                     f'{meta.get("loadavg_end")} at the end): the figures are disturbed; '
-                     'rerun on a quiet machine')
+    p_cases = ('P1', 'P2', 'P3cold', 'P3warm', 'P4ls', 'P4ls-again', 'P4find', 'P5', 'P6')
+    if any(c in R for c in p_cases):
+        lines.append('')
+        lines.append('where the time goes: wall s | CPU s of the server, the mount, the reader '
+                     '(cat/curl/ls/bench) and everything else on the machine, and CPU s the '
+                     'hypervisor gave to other VMs (steal) | HTTP requests seen by '
+                     'the server | MiB downloaded by girderfs')
+        other = wall = steal = 0.0
+        for case in p_cases:
+            for system, r in R.get(case, {}).items():
+                if 'error' in r:
+                    lines.append(f'  {case:10} {system:10} FAILED: {r["error"][:150]}')
+                    continue
+                down = r.get('bytes_down')
+                other += r.get('other_cpu_s', 0)
+                steal += r.get('steal_cpu_s', 0)
+                wall += r.get('seconds', 0)
+                lines.append(
+                    f"  {case:10} {system:10} {r.get('seconds', 0):8.2f} | "
+                    f"srv {r.get('server_cpu_s', 0):6.2f}  mnt {r.get('mount_cpu_s', '-')!s:>6}  "
+                    f"rdr {r.get('reader_cpu_s', 0):5.2f}  other {r.get('other_cpu_s', 0):6.2f}  "
+                    f"steal {r.get('steal_cpu_s', 0):5.2f} | "
+                    f"{r.get('server_requests', '-')!s:>6} req | "
+                    f"{'-' if down is None else f'{down / MiB:.0f}'}"
+                    + (f"  (status file: {r['status_error']})" if r.get('status_error') else ''))
+        if wall and steal / wall > 0.2:
+            lines.append(f'WARNING: the hypervisor took {steal / wall:.2f} of {os.cpu_count()} '
+                         'CPUs on average while cases ran (steal): the host is shared and the '
+                         'figures are disturbed; compare ratios, or rerun when it is quiet')
+        if wall and other / wall > 0.2:
+            lines.append(f'WARNING: other processes used {other / wall:.2f} CPUs on average while '
+                         f'cases ran (load average {meta.get("loadavg_start")} at the start, '
+                         f'{meta.get("loadavg_end")} at the end): the figures are disturbed; '
+                         'rerun on a quiet machine')
+    lines.extend(s3.report_lines(ctx, verdicts))
     if ctx.notes:
         lines.append('')
         lines.extend(f'note: {n}' for n in ctx.notes)
