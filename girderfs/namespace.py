@@ -296,6 +296,9 @@ class Namespace:
         doc = node.single_file if node.kind == Kind.ITEM and node.single_file else node.doc
         created = parse_time(node.doc.get('created') or doc.get('created'), self.started)
         updated = parse_time(node.doc.get('updated') or doc.get('updated'), created)
+        # ctime: the last change of any kind we can tell, never before the content's (a file's
+        # 'created' moves when its content is replaced; a time set by the user may be older).
+        ctime = max(created, updated, parse_time(doc.get('created'), created))
         # Write bits where Girder would let this user change the entry, so tools can tell.
         ro = self.read_only or not node.writable
         if node.is_dir:
@@ -307,7 +310,7 @@ class Namespace:
         size = node.size
         return {
             'st_mode': mode, 'st_nlink': nlink, 'st_size': size, 'st_ino': self.inode(node),
-            'st_uid': self.uid, 'st_gid': self.gid, 'st_mtime': updated, 'st_ctime': created,
+            'st_uid': self.uid, 'st_gid': self.gid, 'st_mtime': updated, 'st_ctime': ctime,
             'st_atime': updated, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20,
         }
 

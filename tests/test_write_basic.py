@@ -462,6 +462,7 @@ def test_mtime_moves_forward_on_every_content_change(girder, mount, tmp_path):
     m = mount('--attr-timeout', '1')
     f = m.path / 'collection' / col['name'] / 'f' / 'f.txt'
     seen = [os.stat(f).st_mtime_ns]
+    ctimes = [os.stat(f).st_ctime_ns]
     changes = [lambda: f.open('ab').write(b'b\n'),               # echo b >> f
                lambda: os.truncate(f, 1),                       # truncate
                lambda: f.write_bytes(b'z'),                     # same size, new bytes
@@ -476,4 +477,7 @@ def test_mtime_moves_forward_on_every_content_change(girder, mount, tmp_path):
         again = os.stat(f).st_mtime_ns
         assert again >= now, seen + [again]
         seen.append(again)
+        ctime = os.stat(f).st_ctime_ns  # moves with the content, never back, not behind mtime
+        assert ctime >= again and ctime > ctimes[-1], (ctimes, ctime, again)
+        ctimes.append(ctime)
     assert f.read_bytes() == b'z\n' * 3
