@@ -366,5 +366,8 @@ def redact(url: str) -> str:
 def _short(exc: Exception, url: str | None = None) -> str:
     text = str(exc)
     if url is not None:  # urllib3 quotes the URL it failed on
-        text = text.replace(url, redact(url)).replace(urlsplit(url).query, '…')
+        text = text.replace(url, redact(url))
+        query = urlsplit(url).query
+        if query:
+            text = text.replace(query, '…')
     return text if len(text) < 200 else text[:200] + '…'

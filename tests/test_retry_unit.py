@@ -130,3 +130,17 @@ def test_a_refused_connection_is_tried_again_for_any_request_then_marked_retried
         c.request('POST', 'file/chunk', data=b'x')
     assert info.value.failure == CONNECT and info.value.retried
     assert c.stats.snapshot()['requests'] == 3 and c.stats.snapshot()['retries'] == 2
+
+
+def test_failure_reasons_never_quote_a_presigned_urls_signature():
+    from girderfs.client import _short, redact
+
+    url = 'https://s3.example/b/k?X-Amz-Credential=AKIA%2Fx&X-Amz-Signature=deadbeef'
+    exc = Exception(f"Max retries exceeded with url: /b/k?{url.split('?')[1]} (Caused by ...)"
+                    f" for {url}")
+    text = _short(exc, url)
+    assert 'deadbeef' not in text and 'AKIA' not in text, text
+    assert 'https://s3.example/b/k' in text
+    assert redact(url) == 'https://s3.example/b/k'
+    # a URL without a query (a link file's target) leaves the text as it is
+    assert _short(Exception('refused: http://h/data'), 'http://h/data') == 'refused: http://h/data'
