@@ -18,6 +18,9 @@ named: --only S1,S2,S3; size --s3-mib), with the Girder and object-store request
   S2  200 cold random 4 KiB reads (mean ms)       vs  ranged GETs straight to the presigned URL
   S3  cp of a big file into the mount, and the mount's peak RSS            vs  girder-client
 --girderfs-pythonpath DIR runs the mounts on another checkout (before/after figures).
+--s3-process runs the object store (moto, with the ranged-GET patch) in its own process and
+points the assetstore straight at it, without the proxy, so it does not share the bench's GIL
+(tools/benchmark/motoproc.py; moto itself records the requests that are counted).
 
 With --peer it installs girder-client-mount (PyPI) into its own venv and runs the same cases
 through it. Writes have their own benchmark: tools/bench_writes.py.
@@ -27,5 +30,6 @@ Run as root (dropping the page cache needs it):
     /tmp/venv/bin/python tools/bench.py                   # 1 GiB, 10,000 items
     /tmp/venv/bin/python tools/bench.py --peer --json bench-results.json
     /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 [--girderfs-pythonpath /tmp/wt-old]
+    /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 --s3-process
 Progress goes to stderr; the report (one table of ratios) to stdout; all figures to --json.
 """

@@ -64,6 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument('--moto-whole-ranges', action='store_true',
                    help='leave moto as it is: it answers each ranged GET by reading the whole '
                         'object (by default the S-cases make it read only the range, as S3 does)')
+    p.add_argument('--s3-process', action='store_true',
+                   help='run the S-cases\' object store (moto, with the ranged-GET patch) in its '
+                        'own process and point Girder\'s S3 assetstore straight at it, without '
+                        'the recording proxy (by default both run in the bench process and share '
+                        'its GIL); moto records the request counts')
     p.add_argument('--girderfs-pythonpath', metavar='DIR', default=None,
                    help='the mount processes import girderfs from DIR (PYTHONPATH), e.g. a '
                         'worktree of an older commit for before/after figures')

@@ -12,6 +12,10 @@ registered as a Girder S3 assetstore and made current while the files are upload
 request the object store gets passes the proxy, so each case counts them by who sent them
 (the User-Agent: the mount's starts with ``girderfs``; Girder's own are boto's or requests').
 Girder's requests are counted from its access log, as for the P-cases.
+
+With --s3-process moto runs in its own process (motoproc.py: motorange's patch applied there)
+and Girder's assetstore points straight at it, without the proxy: the object store no longer
+shares the bench's GIL, and moto itself records the request heads the counts come from.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import requests
 from . import motorange
 from .common import BenchError, MiB, bounded, fmt_res, latency, mbps, run_cmd, say
 from .data import make_local_file, upload_local_file, wait_sha512
-from .probes import Probe, proc_status_kib
+from .probes import Probe, proc_cpu, proc_status_kib
 
 if TYPE_CHECKING:
     from .cases import Bench
@@ -111,10 +115,16 @@ class S3Cases:
         ctx = self.ctx
         g = ctx.server.g
         size = ctx.args.s3_mib * MiB
-        say('starting the object store (moto S3 behind the recording proxy)')
-        if not ctx.args.moto_whole_ranges:
-            motorange.install()
-        self.store = ObjectStore(g).start()
+        if getattr(ctx.args, 's3_process', False):
+            from .motoproc import ProcObjectStore
+
+            say('starting the object store (moto S3 in its own process, no proxy)')
+            self.store = ProcObjectStore(g, ctx.args.moto_whole_ranges).start()
+        else:
+            say('starting the object store (moto S3 behind the recording proxy)')
+            if not ctx.args.moto_whole_ranges:
+                motorange.install()
+            self.store = ObjectStore(g).start()
         names = ['s3data'] + [f'{who}{r}' for r in range(ctx.args.rounds)
                               for who in ('s3-gc', 's3-fs')]
         for name in names:
@@ -142,12 +152,19 @@ class S3Cases:
 
     # --- helpers ------------------------------------------------------------------------
     def measured(self, mount: Mount | None, fn) -> dict:
-        """fn() under a Probe (time, Girder requests, CPU) and an ObjectCount."""
+        """fn() under a Probe (time, Girder requests, CPU) and an ObjectCount; with
+        --s3-process, the moto process's CPU too (taken out of other_cpu_s)."""
+        pid = getattr(self.store, 'pid', None)
         with ObjectCount(self.store) as oc, Probe(self.ctx, mount) as probe:
+            store_cpu = proc_cpu(pid)
             extra = fn() or {}
+            store_cpu = proc_cpu(pid) - store_cpu
         r = dict(probe.result)
         r.update(extra)
         r['object_store'] = oc.result
+        if pid:
+            r['store_cpu_s'] = round(store_cpu, 2)
+            r['other_cpu_s'] = round(max(0.0, r.get('other_cpu_s', 0) - store_cpu), 2)
         return r
 
     def download_url(self) -> str:
@@ -419,8 +436,10 @@ def report_lines(ctx: Bench, verdicts: dict) -> list[str]:
     if not any(c in R for c in CASES):
         return []
     a = ctx.args
-    lines = ['', f'S-cases: Girder S3 assetstore (moto {moto_version()} behind the recording '
-             f'proxy, loopback; ranged GETs read '
+    where = ('in its own process, no proxy' if getattr(a, 's3_process', False)
+             else 'in the bench process, behind the recording proxy')
+    lines = ['', f'S-cases: Girder S3 assetstore (moto {moto_version()} {where}, '
+             f'loopback; ranged GETs read '
              f'{"the whole object (moto as is)" if a.moto_whole_ranges else "only the range"}'
              f'), {a.s3_mib} MiB file; mount code: {mount_code(a)}']
 
@@ -491,13 +510,19 @@ def report_lines(ctx: Bench, verdicts: dict) -> list[str]:
     lines.append('  '.join('-' * w for w in widths))
     lines.extend(fmt_row(r) for r in rows)
     lines.append('Girder req: requests in Girder\'s access log during the step; object-store req: '
-                 'those of the system measured (mount, curl, direct GETs) at the proxy; '
+                 'those of the system measured (mount, curl, direct GETs) at the proxy (with '
+                 '--s3-process: as moto recorded them); '
                  '"Girder\'s": the object-store requests Girder itself made meanwhile (uploads '
                  'it forwards, its hashsum job); "token xN": object-store requests that '
                  'carried a Girder-Token.')
-    lines.append('where the time goes: wall s | CPU s of Girder, the mount, the bench process '
-                 '(which runs the object store: moto and the proxy) with its children (cat, '
-                 'curl, cp, the baseline clients), everything else on the machine, and steal')
+    if getattr(a, 's3_process', False):
+        lines.append('where the time goes: wall s | CPU s of Girder, the mount, the bench process '
+                     'with its children (cat, curl, cp, the baseline clients), the object store '
+                     '(the moto process), everything else on the machine, and steal')
+    else:
+        lines.append('where the time goes: wall s | CPU s of Girder, the mount, the bench process '
+                     '(which runs the object store: moto and the proxy) with its children (cat, '
+                     'curl, cp, the baseline clients), everything else on the machine, and steal')
     other = wall = 0.0
     for case in CASES:
         for system, r in R.get(case, {}).items():
@@ -510,7 +535,9 @@ def report_lines(ctx: Bench, verdicts: dict) -> list[str]:
             lines.append(
                 f"  {case} {system:13} {r.get('wall_s', r.get('seconds', 0)):8.2f} s | Girder "
                 f"{r.get('server_cpu_s', 0):6.2f}  mnt {r.get('mount_cpu_s', '-')!s:>6}  bench "
-                f"{r.get('reader_cpu_s', 0):5.2f}  other {r.get('other_cpu_s', 0):6.2f}  "
+                f"{r.get('reader_cpu_s', 0):5.2f}  "
+                + (f"store {r['store_cpu_s']:5.2f}  " if 'store_cpu_s' in r else '')
+                + f"other {r.get('other_cpu_s', 0):6.2f}  "
                 f"steal {r.get('steal_cpu_s', 0):5.2f}"
                 + (f' | mount by kind {kinds}' if kinds else '')
                 + (f" | object store {r['object_store']['client_methods']}"

@@ -1,5 +1,5 @@
-"""The S-cases' baselines that are Python clients, each in its own process (the object store,
-moto and its proxy, runs in the bench's process: a client there would share its GIL).
+"""The S-cases' baselines that are Python clients, each in its own process (by default the object
+store, moto and its proxy, runs in the bench's process: a client there would share its GIL).
 
     python s3client.py ranged URL LOCAL AGENT < offsets (JSON list)   -> JSON {"times": [...]}
     python s3client.py upload API_URL FOLDER_ID LOCAL (GIRDER_TOKEN)  -> JSON {"seconds": s}
