@@ -203,9 +203,13 @@ def daemonize(config, args: argparse.Namespace, who: str) -> int:
         os.setsid()
         log_file = args.log_file or os.path.join(config.cache_dir, 'girderfs.log')
         null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
+        for fd in (0, 1):
             os.dup2(null, fd)
         os.close(null)
+        # libfuse writes its own complaints to stderr: into the log with ours.
+        err = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(err, 2)
+        os.close(err)
         setup_logging(args.log_level, log_file)
         log.info('mounting %s (Girder %s, %s) on %s', config.api_url, config.version, who,
                  config.mountpoint)
