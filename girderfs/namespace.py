@@ -31,6 +31,8 @@ NAME_MAX = 255
 META_TIMES = frozenset({Kind.ITEM, Kind.FOLDER, Kind.COLLECTION})  # kinds with a settable time
 # In a file document: when it was asked of the server. The reader skips asking again soon after.
 FETCHED = '_girderfsFetched'
+MOVE_IN_FLIGHT = 600.0  # s; a rename's requests are bounded by the retry rule well before
+MOVE_GRACE = 10.0  # s an answer fetched during a rename may take to reach its caller
 
 
 @dataclass(eq=False)
@@ -180,6 +182,11 @@ class Namespace:
         # _load_listing).
         self._sizes: LRUCache = LRUCache(65536)
         self._shrinking: set[tuple[str, str | None]] = set()
+        # Single-file items this mount is renaming (item id -> (file id, until when)): Girder
+        # renames the item and its file in two requests, and an answer fetched in between
+        # must not show a directory where the file is (the kernel fails every later I/O on a
+        # node whose type changed, with EIO).
+        self._moving: dict[str, tuple[str, float]] = {}
 
     # --- paths --------------------------------------------------------------------------
     def resolve(self, path: str) -> Node:
@@ -333,7 +340,7 @@ class Namespace:
             return [stamped(doc, asked)
                     for doc in self.client.paginate(f'item/{node.id}/files', kind='files')]
 
-        files = self._files.get_or_load(node.id, fetch)
+        files = self._as_before_move(node, self._files.get_or_load(node.id, fetch))
         node.files = files
         with self._ino_lock:
             if node.single_file is None:
@@ -402,6 +409,8 @@ class Namespace:
             single = node.single_file if node.files is not None else None
             if node.files is None and not node.is_dir:
                 single = self.file_doc(node)
+            if single is not None:
+                self._moving_now(node.id, single['_id'], MOVE_IN_FLIGHT)
             try:
                 if moved:
                     c.request('PUT', f'item/{node.id}', kind='change',
@@ -419,6 +428,10 @@ class Namespace:
                 # file was: put both back as they were before reporting the failure.
                 self._undo_item_move(node, src_parent, single)
                 raise
+            finally:
+                if single is not None:
+                    # Answers fetched during the rename may still be on their way out.
+                    self._moving_now(node.id, single['_id'], MOVE_GRACE)
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
         elif kind == Kind.FILE and dst_parent.kind == Kind.ITEM and dst_parent.id == src_parent.id:
             c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
@@ -431,6 +444,26 @@ class Namespace:
         self._will_shrink(src_parent)
         for n in (src_parent, dst_parent, node):
             self.invalidate(n.kind, n.id)
+
+    def _moving_now(self, item_id: str, file_id: str, for_seconds: float) -> None:
+        now = time.monotonic()
+        with self._ino_lock:
+            for k in [k for k, (_, until) in self._moving.items() if until < now]:
+                del self._moving[k]
+            self._moving[item_id] = (file_id, now + for_seconds)
+
+    def _as_before_move(self, node: Node, files: list[dict]) -> list[dict]:
+        """``files`` of an item; while this mount renames a single-file item, its one file
+        shown under the item's name whichever of the two renames the answers caught."""
+        if not self._moving or node.kind != Kind.ITEM or len(files) != 1:
+            return files
+        name = node.doc.get('name')
+        with self._ino_lock:
+            moving = self._moving.get(node.id)
+        if moving is None or moving[1] < time.monotonic() or files[0].get('_id') != moving[0] \
+                or files[0].get('name') == name:
+            return files
+        return [dict(files[0], name=name)]
 
     def _will_shrink(self, parent: Node) -> None:
         """``parent``'s next listing has fewer entries because of this mount."""
@@ -521,7 +554,7 @@ class Namespace:
             for n in todo:
                 cached = self._files.peek(n.id)
                 if cached is not None:
-                    n.files = cached
+                    n.files = self._as_before_move(n, cached)
                 elif n.id in self._dir_items:
                     known_dirs.append(n)
             # An item already found to be a directory must not turn back into a file.
