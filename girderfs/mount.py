@@ -26,6 +26,7 @@ from .namespace import Namespace, Node
 from .operations import GirderOperations
 from .reader import Reader
 from .remote import GirderRemote
+from .replace import Replacer
 from .view import View
 from .writer import Writer
 
@@ -112,11 +113,12 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
                    read_only=config.read_only)
     remote = GirderRemote(client)
     reader = Reader(remote, store, verify_ttl=config.attr_timeout)
-    writer = None
+    writer = replacer = None
     if not config.read_only:
         writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size,
                         s3_direct=config.s3_direct)
-    view = View(ns, reader, writer)
+        replacer = Replacer(client, config.cache_dir)
+    view = View(ns, reader, writer, replacer)
     ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
@@ -128,6 +130,8 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
             hooks.submit(d, file_doc)
 
         writer.on_uploaded = uploaded
+        replacer.on_done = view.replaced
+        client.on_reachable.append(replacer.kick)
         # Uploads that failed wait in the journal: retry them as soon as the server answers
         # again or accepts our credentials again, not only every 30 s.
         client.on_reachable.append(writer.kick)
@@ -187,6 +191,7 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
     layers.client.auth.start()
     if layers.writer is not None:
         layers.writer.recover()  # pending uploads of an earlier mount: visible now, sent soon
+        layers.view.replacer.recover()  # renames over files it left half done
 
     def on_hup() -> None:
         while True:

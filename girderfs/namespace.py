@@ -182,10 +182,10 @@ class Namespace:
         # _load_listing).
         self._sizes: LRUCache = LRUCache(65536)
         self._shrinking: set[tuple[str, str | None]] = set()
-        # Single-file items this mount is renaming (item id -> (file id, until when)): Girder
-        # renames the item and its file in two requests, and an answer fetched in between
-        # must not show a directory where the file is (the kernel fails every later I/O on a
-        # node whose type changed, with EIO).
+        # Single-file items this mount is renaming or replacing the file of (item id -> (old
+        # file id, until when)): Girder renames the item and its file in two requests, and an
+        # answer fetched in between must not show a directory where the file is (the kernel
+        # fails every later I/O on a node whose type changed, with EIO).
         self._moving: dict[str, tuple[str, float]] = {}
 
     # --- paths --------------------------------------------------------------------------
@@ -410,7 +410,7 @@ class Namespace:
             if node.files is None and not node.is_dir:
                 single = self.file_doc(node)
             if single is not None:
-                self._moving_now(node.id, single['_id'], MOVE_IN_FLIGHT)
+                self.keep_single_file(node.id, single['_id'], MOVE_IN_FLIGHT)
             try:
                 if moved:
                     c.request('PUT', f'item/{node.id}', kind='change',
@@ -431,7 +431,7 @@ class Namespace:
             finally:
                 if single is not None:
                     # Answers fetched during the rename may still be on their way out.
-                    self._moving_now(node.id, single['_id'], MOVE_GRACE)
+                    self.keep_single_file(node.id, single['_id'], MOVE_GRACE)
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
         elif kind == Kind.FILE and dst_parent.kind == Kind.ITEM and dst_parent.id == src_parent.id:
             c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
@@ -445,7 +445,10 @@ class Namespace:
         for n in (src_parent, dst_parent, node):
             self.invalidate(n.kind, n.id)
 
-    def _moving_now(self, item_id: str, file_id: str, for_seconds: float) -> None:
+    def keep_single_file(self, item_id: str, file_id: str, for_seconds: float) -> None:
+        """For ``for_seconds``, show the item as one file, named like it, whatever mix of its
+        file ``file_id`` (renamed or not) and one new file (a copy replacing it) answers
+        catch: this mount is changing them in several requests."""
         now = time.monotonic()
         with self._ino_lock:
             for k in [k for k, (_, until) in self._moving.items() if until < now]:
@@ -453,17 +456,29 @@ class Namespace:
             self._moving[item_id] = (file_id, now + for_seconds)
 
     def _as_before_move(self, node: Node, files: list[dict]) -> list[dict]:
-        """``files`` of an item; while this mount renames a single-file item, its one file
-        shown under the item's name whichever of the two renames the answers caught."""
-        if not self._moving or node.kind != Kind.ITEM or len(files) != 1:
+        """``files`` of an item, as one file named like the item while ``keep_single_file``
+        holds for it (the new file when there is one, else the old)."""
+        if not self._moving or node.kind != Kind.ITEM or not 1 <= len(files) <= 2:
             return files
         name = node.doc.get('name')
         with self._ino_lock:
             moving = self._moving.get(node.id)
-        if moving is None or moving[1] < time.monotonic() or files[0].get('_id') != moving[0] \
-                or files[0].get('name') == name:
+        if moving is None or moving[1] < time.monotonic():
             return files
-        return [dict(files[0], name=name)]
+        new = [f for f in files if f.get('_id') != moving[0]]
+        if len(new) > 1:
+            return files  # not what this mount is doing
+        shown = new[0] if new else files[0]
+        if len(files) == 1 and shown.get('name') == name:
+            return files
+        return [dict(shown, name=name)]
+
+    def entry_removed(self, folder_id: str, item_id: str) -> None:
+        """This mount removed item ``item_id`` from folder ``folder_id`` by other means."""
+        parent = Node(Kind.FOLDER, folder_id, '')
+        self._will_shrink(parent)
+        self.invalidate(Kind.FOLDER, folder_id)
+        self.invalidate(Kind.ITEM, item_id)
 
     def _will_shrink(self, parent: Node) -> None:
         """``parent``'s next listing has fewer entries because of this mount."""

@@ -17,10 +17,12 @@ import threading
 import time
 from collections import OrderedDict
 
+from .cache import content_stamp
 from .errors import GirderFSError
 from .kinds import Kind
-from .namespace import Namespace, Node, fetched_at
+from .namespace import MOVE_GRACE, MOVE_IN_FLIGHT, Namespace, Node, fetched_at
 from .reader import Reader, ReadPattern, RemoteFile
+from .replace import Replacement, Replacer
 from .writer import PendingFile, Writer
 from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
@@ -50,6 +52,11 @@ def changes_entries(func):
     return wrapper
 
 
+def _single_file_item(node: Node, parent: Node) -> bool:
+    """An item shown as a regular file, in a folder."""
+    return node.kind == Kind.ITEM and not node.is_dir and parent.kind == Kind.FOLDER
+
+
 def check_new_name(name: str) -> None:
     """Refuse a name Girder would reject or silently change (it strips leading and trailing
     white space): the user's name must never be altered behind their back."""
@@ -67,10 +74,12 @@ def check_new_name(name: str) -> None:
 class View:
     """Lookups, attributes, listings and changes of paths over a namespace and a writer."""
 
-    def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None) -> None:
+    def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None,
+                 replacer: Replacer | None = None) -> None:
         self.ns = namespace
         self.reader = reader
         self.writer = writer  # None: a read-only mount, nothing is pending
+        self.replacer = replacer  # None: renames over files delete the target (as before)
         self.xattrs = Xattrs(namespace)
         self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
         # directory inode -> when this mount last added, removed or moved an entry in it (ns)
@@ -425,7 +434,11 @@ class View:
 
     @changes_entries
     def rename(self, old: str, new: str) -> None:
-        """Move ``old`` to ``new`` on the server (replacing ``new``) and in the local table."""
+        """Move ``old`` to ``new`` on the server (replacing ``new``) and in the local table.
+
+        A file renamed over a file keeps the target's Girder item (id, metadata): its content
+        is replaced (``_replace``), the usual way editors and rsync save.
+        """
         if new == old:
             return
         if new.startswith(old.rstrip('/') + '/'):
@@ -434,6 +447,8 @@ class View:
         dst_parent_path, name = split(new)
         check_new_name(name)
         d = self.writer.get(old)
+        if d is not None and d.file_id is None and not d.deleted and self._onto_file(d, new):
+            return
         if d is not None:
             self.writer.flush(d)  # the server must have it before Girder can move it
         src_parent = self.ns.resolve(src_parent_path)
@@ -447,6 +462,9 @@ class View:
                 raise GirderFSError(errno.ENOTDIR, 'target is not a directory')
             if target.is_dir and not self._is_empty(target, new):
                 raise GirderFSError(errno.ENOTEMPTY, 'target directory not empty')
+            if self.replacer is not None and _single_file_item(node, src_parent) \
+                    and _single_file_item(target, dst_parent):
+                return self._replace(old, new, node, target, src_parent, dst_parent, d)
             # Girder has no atomic replace: remove the target, then move the source in.
             self.writer.discard(new)
             self.ns.delete(dst_parent, target)
@@ -456,6 +474,55 @@ class View:
         if d is not None:
             into = Kind.ITEM if dst_parent.kind == Kind.ITEM else Kind.FOLDER
             self.writer.rename(old, new, (into, dst_parent.id), name)
+
+    def _onto_file(self, d: PendingFile, new: str) -> bool:
+        """A file not yet uploaded renamed over a server file: upload it into that file (item
+        and file keep their ids; until the upload completes the old content stays)."""
+        if self.writer.get(new) is not None:
+            return False
+        dst_parent_path, name = split(new)
+        dst_parent = self.ns.resolve(dst_parent_path)
+        target = self.lookup(new)
+        if target is None or not _single_file_item(target, dst_parent):
+            return False
+        old_place = (d.path, (d.parent_kind, d.parent_id), d.name)
+        self.writer.retarget(d, new, (Kind.FOLDER, dst_parent.id), target.doc.get('name', name),
+                             self.ns.file_doc(target)['_id'])
+        try:
+            self.writer.flush(d)
+        except GirderFSError:
+            self.writer.retarget(d, *old_place, None)  # the rename did not happen
+            raise
+        return True
+
+    def _replace(self, old: str, new: str, node: Node, target: Node, src_parent: Node,
+                 dst_parent: Node, d: PendingFile | None) -> None:
+        """``old``'s content becomes ``new``'s, on the server (replace.py); ``old`` goes."""
+        src, gone = self.ns.file_doc(node), self.ns.file_doc(target)
+        mtime = self.attr(old)['st_mtime']  # a rename keeps the file's time
+        self.writer.discard(new)
+        r = Replacement(src_parent.id, node.id, src['_id'], content_stamp(src),
+                        int(src.get('size') or 0), dst_parent.id, target.id, gone['_id'],
+                        target.doc.get('name', target.name))
+        self.ns.keep_single_file(target.id, gone['_id'], MOVE_IN_FLIGHT)
+        try:
+            doc = self.replacer.replace(r)
+        except GirderFSError:
+            # Left half done: the journal has it, and it is finished when the server answers
+            # again (Layers wires Replacer.recover to that); until then it shows as a file.
+            self.ns.invalidate(Kind.ITEM, target.id)
+            raise
+        if not self.ns.set_mtime(Node(Kind.ITEM, target.id, target.name), mtime):
+            self.ns.touch_item(target.id)  # not allowed to set times: at least it moves on
+        if d is not None:
+            self.writer.retarget(d, new, (Kind.FOLDER, dst_parent.id), r.name, doc['_id'])
+
+    def replaced(self, r: Replacement) -> None:
+        """A replacement is done (Replacer.on_done: also one finished later)."""
+        self.ns.keep_single_file(r.dst_item, r.old_file, MOVE_GRACE)
+        self.ns.entry_removed(r.src_folder, r.src_item)
+        self.ns.invalidate(Kind.FOLDER, r.dst_folder)
+        self.ns.invalidate(Kind.ITEM, r.dst_item)
 
     @changes_entries
     def hide(self, old: str, new: str) -> None:

@@ -308,6 +308,16 @@ class Writer:
                 d.name = name
             self.save_journal(d)
 
+    def retarget(self, d: PendingFile, path: str, parent: tuple[str, str], name: str,
+                 file_id: str | None) -> None:
+        """``d`` is now ``path`` (in ``parent`` as ``name``) and its content goes into the
+        Girder file ``file_id`` (None: a new item): renamed over, or onto, a server file."""
+        self._move(d.path, path)
+        with d.lock:
+            d.parent_kind, d.parent_id = parent
+            d.name, d.file_id = name, file_id
+            self.save_journal(d)
+
     def rename_dir(self, old: str, new: str) -> None:
         """A directory moved: files being written anywhere under it move with it."""
         prefix, new_prefix = old.rstrip('/') + '/', new.rstrip('/') + '/'

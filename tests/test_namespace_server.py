@@ -48,3 +48,35 @@ def test_an_item_being_renamed_never_shows_as_a_directory(girder, proxy):
         assert not ns.resolve('b.txt').is_dir
     finally:
         ns.close()
+
+
+def test_an_item_whose_file_is_being_replaced_shows_one_file(girder):
+    """Half way through a replacement (replace.py) the item holds its old file and a copy,
+    then the copy alone under the source's name: one regular file all along."""
+    col = girder.collection(unique('ReplaceMask'))
+    folder = girder.folder(col, 'work')
+    item = girder.file_item(folder, 'f.txt', b'old')
+    old = girder.api('GET', f'item/{item["_id"]}/files')[0]
+    src = girder.file_item(folder, 'f.txt.tmp', b'new content')
+    src_file = girder.api('GET', f'item/{src["_id"]}/files')[0]
+    client = GirderClient(girder.url, retries=1, backoff=0.01)
+    client.set_token(girder.admin_token)
+    ns = Namespace(client, Node(Kind.FOLDER, folder['_id'], 'work', folder), read_only=False)
+    try:
+        ns.keep_single_file(item['_id'], old['_id'], 60)
+        copy = girder.api('POST', f'file/{src_file["_id"]}/copy', data={'itemId': item['_id']})
+        seen = ns.resolve('f.txt')
+        assert not seen.is_dir
+        assert ns.file_doc(seen)['_id'] == copy['_id']
+        assert ns.file_doc(seen)['name'] == 'f.txt'
+        girder.api('DELETE', f'file/{old["_id"]}')
+        ns.invalidate(Kind.FOLDER, folder['_id'])
+        seen = ns.resolve('f.txt')
+        assert not seen.is_dir and ns.file_doc(seen)['_id'] == copy['_id']
+        assert ns.getattr(seen)['st_size'] == len(b'new content')
+        # Without the hold, the same answer is a directory (the rule of the README).
+        ns.keep_single_file(item['_id'], old['_id'], -1)
+        ns.invalidate(Kind.FOLDER, folder['_id'])
+        assert ns.resolve('f.txt').is_dir
+    finally:
+        ns.close()
