@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 MIN_CHUNK = 5 * MiB  # Girder's default core.upload_minimum_chunk_size
+# A rewrite at least this large whose bytes the server already has is not sent again; below it
+# sending costs about what checking does (a request, and the spool's sha512).
+SKIP_UNCHANGED_MIN = 1 * MiB
 RETRYABLE = frozenset({errno.EIO, errno.EAGAIN, errno.ETIMEDOUT})
 
 
@@ -362,6 +365,12 @@ class Writer:
             else:
                 offset = resumed
         if not d.upload_id:
+            same = self._unchanged(d, size)
+            if same is not None:
+                log.info('%s: the server has these bytes already (sha512); not sent again',
+                         d.path)
+                self._finish(d, same)
+                return
             up = self._begin(d, size)
             if up is None:  # an earlier attempt had made it; its answer was lost
                 return
@@ -621,6 +630,23 @@ class Writer:
                     return True
         log.info('upload %s of %s did not finish; starting over', d.upload_id, d.path)
         return False
+
+    def _unchanged(self, d: PendingFile, size: int) -> dict | None:
+        """The server's file document when the file ``d`` rewrites already holds the spool's
+        bytes (same size and sha512, the hash known to be current), else None."""
+        if not d.file_id or size < SKIP_UNCHANGED_MIN:
+            return None
+        try:
+            doc = self.remote.file(d.file_id, kind='upload')
+            if int(doc.get('size') or 0) != size or not doc.get('sha512') \
+                    or self._spool_sha512(d, size) != doc['sha512'] \
+                    or not self.remote.hash_is_current(doc):
+                return None
+        except GirderFSError as exc:
+            log.debug('%s: could not compare with the server (%s); uploading', d.path,
+                      exc.reason)
+            return None
+        return doc
 
     def _spool_sha512(self, d: PendingFile, size: int) -> str:
         h = hashlib.sha512()

@@ -233,6 +233,23 @@ def test_a_small_file_is_one_put_and_a_rewrite_keeps_its_id(girder, mount, s3_ar
     assert sha256((mount().path / gp.lstrip('/') / 'small.bin').read_bytes()) == sha256(second)
 
 
+def test_writing_back_old_bytes_is_sent_despite_the_stale_sha512(girder, mount, s3_area,
+                                                                   on_s3):
+    """Girder's S3 assetstore keeps a replaced file's first sha512: a revert to that content
+    looks unchanged by sha512 and must be uploaded all the same (issue 16, item 4)."""
+    folder, gp = s3_area
+    m = mount()
+    target = mpath(m, gp) / 'rev.bin'
+    first, second = os.urandom(2 * MiB), os.urandom(2 * MiB)
+    target.write_bytes(first)
+    target.write_bytes(second)
+    g = stored_file(girder, on_s3, f'{gp}/rev.bin')
+    assert g['sha512'] == hashlib.sha512(first).hexdigest(), 'Girder fixed its stale sha512'
+    target.write_bytes(first)
+    g = stored_file(girder, on_s3, f'{gp}/rev.bin')
+    assert sha256(server_bytes(girder, g)) == sha256(first)
+
+
 def test_s3_direct_never_sends_through_girder(girder, mount, s3_area, on_s3):
     folder, gp = s3_area
     m = mount('--s3-direct', 'never')

@@ -96,6 +96,33 @@ def test_new_content_keeps_the_file_id(remote, writers):
     assert len(remote.files) == 1
 
 
+def test_a_rewrite_with_the_same_bytes_is_not_sent_again(remote, writers):
+    data = os.urandom(2 * MiB)
+    doc = remote.add_file('same.bin', data)
+    w = writers(remote)
+    save(w, 'same.bin', data, file_id=doc['_id'])
+    assert remote.count('replace_contents') == 0 and remote.count('send_chunk') == 0
+    assert remote.content[doc['_id']] == data and w.pending() == []
+    # one byte different, same size: sent
+    changed = data[:-1] + bytes([data[-1] ^ 1])
+    save(w, 'same.bin', changed, file_id=doc['_id'])
+    assert remote.count('replace_contents') == 1
+    assert remote.content[doc['_id']] == changed
+
+
+def test_a_stale_sha512_never_skips_an_upload(writers):
+    """On Girder's S3 assetstore a replaced file keeps its old sha512: writing the old bytes
+    back must still be sent (a revert to an earlier version)."""
+    remote = FaultyRemote(s3_chunk=CHUNK)
+    first = os.urandom(2 * MiB)
+    doc = remote.add_file('v.bin', first)
+    remote.set_content(doc['_id'], os.urandom(2 * MiB), keep_sha512=True)
+    w = writers(remote)
+    save(w, 'v.bin', first, file_id=doc['_id'])
+    assert remote.count('replace_contents') == 1
+    assert remote.content[doc['_id']] == first
+
+
 @pytest.mark.parametrize('fault', ['lost', 'lost-after', '503'])
 def test_a_failed_chunk_resumes_from_the_servers_offset(remote, writers, fault):
     w = writers(remote)

@@ -196,6 +196,32 @@ def test_overwrite_keeps_file_id(girder, mount, area):
     assert pending(m) == ([], [])
 
 
+def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, mounter):
+    """girder-client skips a file whose sha512 the server has; so does a rewrite here (issue
+    16, item 4): no upload request, the file keeps its content and stamp, mtime moves on."""
+    folder, gp = area
+    data = os.urandom(3 << 20)
+    it = girder.file_item(folder, 'same.bin', data)
+    before = item_files(girder, it['_id'])[0]
+    m = mounter(proxy.url)
+    p = mpath(m, gp) / 'same.bin'
+    mtime = p.stat().st_mtime_ns
+    time.sleep(0.01)
+    with open(p, 'wb') as fh:  # O_TRUNC, then the same bytes
+        fh.write(data)
+    assert proxy.requests('PUT', r'/contents') == [] and proxy.requests('POST', r'/chunk') == []
+    after = item_files(girder, it['_id'])[0]
+    assert (after['_id'], after['created'], after['sha512']) == \
+        (before['_id'], before['created'], sha(data))
+    assert p.stat().st_mtime_ns > mtime
+    # one byte different, same size: uploaded
+    changed = data[:-1] + bytes([data[-1] ^ 1])
+    p.write_bytes(changed)
+    assert len(proxy.requests('PUT', r'/contents')) == 1
+    assert server_file(girder, f'{gp}/same.bin')['sha512'] == sha(changed)
+    assert pending(m) == ([], [])
+
+
 def test_empty_and_tiny_files(girder, mount, area):
     _, gp = area
     m = mount()
