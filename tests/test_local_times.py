@@ -102,6 +102,10 @@ def test_touch_m_as_non_admin_is_kept_and_survives_a_remount(girder, mount, user
     # a mount with another cache dir (another machine) sees Girder's time
     other = mount(token=user['token'])
     assert os.stat(other.path / gp.lstrip('/') / 'a.txt').st_mtime_ns != T1 * 10**9
+    # a file deleted through the mount takes its time with it
+    os.unlink(m2.path / gp.lstrip('/') / 'a.txt')
+    assert [r[0] for r in stored_rows(m2.cache_dir)] == [
+        f['_id'] for f in item_files(girder, multi['_id']) if f['name'] == 'one.txt']
 
 
 def test_cp_p_as_non_admin(girder, mount, user, area, tmp_path):
