@@ -22,6 +22,7 @@ from .auth import Credentials
 from .cache import BlockStore
 from .client import GirderClient
 from .hooks import UploadHooks
+from .localtimes import LocalTimes
 from .namespace import Namespace, Node
 from .operations import GirderOperations
 from .reader import Reader
@@ -97,9 +98,12 @@ class Layers:
         return (json.dumps(self.status(), indent=1, sort_keys=True) + '\n').encode()
 
     def close(self) -> None:
-        """Stop what ``destroy`` does not (the credentials thread, the block store)."""
+        """Stop what ``destroy`` does not (the credentials thread, the block store, the times
+        store)."""
         self.client.auth.stop()
         self.store.close()
+        if self.view.times is not None:
+            self.view.times.close()
 
 
 def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Layers:
@@ -118,7 +122,7 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
         writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size,
                         s3_direct=config.s3_direct)
         replacer = Replacer(client, config.cache_dir)
-    view = View(ns, reader, writer, replacer)
+    view = View(ns, reader, writer, replacer, LocalTimes(config.cache_dir))
     ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)

@@ -513,7 +513,8 @@ class Namespace:
             if exc.errno != errno.EACCES:
                 raise
             if not self._mtime_refused:
-                log.info('the server does not let this user set times; mtimes are Girder\'s')
+                log.info('the server does not let this user set times: files\' times are '
+                         'remembered in the cache dir, other clients see Girder\'s')
                 self._mtime_refused = True
             return False
         return True

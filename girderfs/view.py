@@ -20,6 +20,7 @@ from collections import OrderedDict
 from .cache import content_stamp
 from .errors import GirderFSError
 from .kinds import Kind
+from .localtimes import LocalTimes
 from .namespace import MOVE_GRACE, MOVE_IN_FLIGHT, Namespace, Node, fetched_at
 from .reader import Reader, ReadPattern, RemoteFile
 from .replace import Replacement, Replacer
@@ -75,11 +76,12 @@ class View:
     """Lookups, attributes, listings and changes of paths over a namespace and a writer."""
 
     def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None,
-                 replacer: Replacer | None = None) -> None:
+                 replacer: Replacer | None = None, times: LocalTimes | None = None) -> None:
         self.ns = namespace
         self.reader = reader
         self.writer = writer  # None: a read-only mount, nothing is pending
         self.replacer = replacer  # None: renames over files delete the target (as before)
+        self.times = times  # mtimes Girder would not store (None: not kept)
         self.xattrs = Xattrs(namespace)
         self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
         # directory inode -> when this mount last added, removed or moved an entry in it (ns)
@@ -125,11 +127,35 @@ class View:
             # 9 items. Asking whether the file's content is still the same costs one.
             try:
                 self.reader.check_current(reading[0])
-                return self.ns.getattr(reading[1])
+                return self._server_attr(reading[1])
             except GirderFSError as exc:
                 if exc.errno != errno.ESTALE:
                     raise
-        return self.ns.getattr(self.ns.resolve(path))
+        return self._server_attr(self.ns.resolve(path))
+
+    def _server_attr(self, node: Node) -> dict:
+        """stat of a server entry, with the mtime remembered for its file's content, if any
+        (``localtimes``; ctime stays the server's, never before the content's last change)."""
+        attr = self.ns.getattr(node)
+        if self.times is None or node.is_dir:
+            return attr
+        doc = node.single_file
+        if doc is None and node.kind == Kind.ITEM and node.files is None:
+            # An item of a large folder whose files are not read yet: read them only if a
+            # time is remembered for it (the row must be checked against its file's content).
+            if not self.times.known_item(node.id):
+                return attr
+            try:
+                self.ns.load_files(node)
+            except GirderFSError as exc:
+                log.debug('files of item %s: %s', node.id, exc.reason)
+                return attr
+            attr = self.ns.getattr(node)
+            doc = None if node.is_dir else node.single_file
+        if doc is None:
+            return attr
+        mtime = self.times.get(doc)
+        return attr if mtime is None else {**attr, 'st_mtime': mtime}
 
     def unlinked_attr(self, d: PendingFile | None, remote: RemoteFile | None) -> dict:
         """stat of an open file whose name is gone (fstat after unlink): from its handle."""
@@ -201,7 +227,8 @@ class View:
                 self._atimes.popitem(last=False)
 
     def set_mtime(self, path: str, mtime: int) -> None:
-        """Set the modification time: after the upload for a changed file, else on Girder."""
+        """Set the modification time: after the upload for a changed file, else on Girder;
+        a file's time Girder does not store is remembered by the mount (``localtimes``)."""
         d = self.pending(path)
         if d is not None:
             with d.lock:
@@ -210,8 +237,18 @@ class View:
                 return  # applied after the upload
         node = self.ns.resolve(path)
         if self.ns.set_mtime(node, mtime):
+            if self.times is not None and node.kind == Kind.ITEM \
+                    and self.times.known_item(node.id):
+                self.times.forget(item_id=node.id)  # Girder's time is the one now
             parent = self.ns.resolve(split(path)[0])
             self.ns.invalidate(parent.kind, parent.id)
+        elif self.times is not None and not node.is_dir:
+            self.times.remember(self.ns.file_doc(node), mtime)
+
+    def _deleted(self, node: Node) -> None:
+        """Forget the times remembered for a file or item deleted on the server."""
+        if self.times is not None and node.kind in (Kind.ITEM, Kind.FILE):
+            self.times.forget(**{'item_id' if node.kind == Kind.ITEM else 'file_id': node.id})
 
     # --- listings -------------------------------------------------------------------------
     def listing(self, path: str) -> list:
@@ -420,6 +457,7 @@ class View:
         if not self._is_empty(node, path):
             raise GirderFSError(errno.ENOTEMPTY, 'directory not empty')
         self.ns.delete(self.ns.resolve(split(path)[0]), node)
+        self._deleted(node)
 
     @changes_entries
     def unlink(self, path: str) -> None:
@@ -431,6 +469,7 @@ class View:
         if node.is_dir:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         self.ns.delete(self.ns.resolve(split(path)[0]), node)
+        self._deleted(node)
 
     @changes_entries
     def rename(self, old: str, new: str) -> None:
@@ -468,6 +507,7 @@ class View:
             # Girder has no atomic replace: remove the target, then move the source in.
             self.writer.discard(new)
             self.ns.delete(dst_parent, target)
+            self._deleted(target)
         self.ns.rename(src_parent, node, dst_parent, name)
         if node.is_dir:
             self.writer.rename_dir(old, new)  # open files inside keep showing at their new path
@@ -512,8 +552,13 @@ class View:
             # again (Layers wires Replacer.recover to that); until then it shows as a file.
             self.ns.invalidate(Kind.ITEM, target.id)
             raise
-        if not self.ns.set_mtime(Node(Kind.ITEM, target.id, target.name), mtime):
+        if self.ns.set_mtime(Node(Kind.ITEM, target.id, target.name), mtime):
+            if self.times is not None:
+                self.times.forget(item_id=target.id)  # Girder's time is the one now
+        else:
             self.ns.touch_item(target.id)  # not allowed to set times: at least it moves on
+            if self.times is not None:
+                self.times.remember(doc, mtime)  # the source's time goes with its content
         if d is not None:
             self.writer.retarget(d, new, (Kind.FOLDER, dst_parent.id), r.name, doc['_id'])
 
@@ -523,6 +568,9 @@ class View:
         self.ns.entry_removed(r.src_folder, r.src_item)
         self.ns.invalidate(Kind.FOLDER, r.dst_folder)
         self.ns.invalidate(Kind.ITEM, r.dst_item)
+        if self.times is not None:
+            self.times.forget(item_id=r.src_item)
+            self.times.forget(file_id=r.old_file)
 
     @changes_entries
     def hide(self, old: str, new: str) -> None:
@@ -533,6 +581,7 @@ class View:
             node = self.lookup(old)
             if node is not None and not node.is_dir:
                 self.ns.delete(self.ns.resolve(split(old)[0]), node)
+                self._deleted(node)
         if d is not None:
             self.writer.hide(old, new)
 
@@ -561,8 +610,11 @@ class View:
             self.ns.mark_created(item_id)
             if d.pending_meta:
                 self._put_meta(item_id, d.pending_meta)
-            if d.set_mtime_ns:
-                self.ns.set_mtime(Node(Kind.ITEM, item_id, d.name), d.set_mtime_ns)
+        if d.set_mtime_ns:
+            stored = d.parent_kind == Kind.FOLDER and bool(item_id) and self.ns.set_mtime(
+                Node(Kind.ITEM, item_id, d.name), d.set_mtime_ns)
+            if not stored and self.times is not None:
+                self.times.remember(file_doc, d.set_mtime_ns)  # Girder refused, or has no place
 
     def _put_meta(self, item_id: str, meta: dict) -> None:
         try:
