@@ -28,6 +28,7 @@ from .operations import GirderOperations
 from .reader import Reader
 from .remote import GirderRemote
 from .replace import Replacer
+from .unlinked import Unlinked
 from .view import View
 from .writer import Writer
 
@@ -117,12 +118,13 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
                    read_only=config.read_only)
     remote = GirderRemote(client)
     reader = Reader(remote, store, verify_ttl=config.attr_timeout)
-    writer = replacer = None
+    writer = replacer = unlinked = None
     if not config.read_only:
         writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size,
                         s3_direct=config.s3_direct)
         replacer = Replacer(client, config.cache_dir)
-    view = View(ns, reader, writer, replacer, LocalTimes(config.cache_dir))
+        unlinked = Unlinked(client, config.cache_dir)
+    view = View(ns, reader, writer, replacer, LocalTimes(config.cache_dir), unlinked)
     ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
@@ -196,6 +198,7 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
     if layers.writer is not None:
         layers.writer.recover()  # pending uploads of an earlier mount: visible now, sent soon
         layers.view.replacer.recover()  # renames over files it left half done
+        layers.view.unlinked.recover()  # files it had unlinked while they were open
 
     def on_hup() -> None:
         while True:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from .cache import content_stamp
 from .client import GirderClient
 from .errors import GirderFSError
+from .util import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +105,8 @@ class Replacer:
         return os.path.join(self.dir, f'{r.dst_item}-{r.old_file}.json')
 
     def _save(self, r: Replacement) -> None:
-        path = self._path(r)
-        tmp = path + '.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps({'api_url': self.client.api_url, **asdict(r)}).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_durably(self._path(r), json.dumps({'api_url': self.client.api_url,
+                                                 **asdict(r)}).encode())
 
     def _drop(self, r: Replacement) -> None:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Hashable
@@ -125,6 +126,19 @@ class LockedTTLCache(Generic[V]):
                         self.ttl, self.slow_factor * (time.monotonic() - started))
                     self._cache[key] = value
             return value
+
+
+def write_durably(path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically and durably (temp file, fsync, rename),
+    readable by the owner only: a journal entry is either the old one or the new one."""
+    tmp = path + '.tmp'
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
 
 class Counter:

@@ -24,6 +24,7 @@ from .localtimes import LocalTimes
 from .namespace import MOVE_GRACE, MOVE_IN_FLIGHT, Namespace, Node, fetched_at
 from .reader import Reader, ReadPattern, RemoteFile
 from .replace import Replacement, Replacer
+from .unlinked import Unlinked
 from .writer import PendingFile, Writer
 from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
 
@@ -76,12 +77,14 @@ class View:
     """Lookups, attributes, listings and changes of paths over a namespace and a writer."""
 
     def __init__(self, namespace: Namespace, reader: Reader, writer: Writer | None,
-                 replacer: Replacer | None = None, times: LocalTimes | None = None) -> None:
+                 replacer: Replacer | None = None, times: LocalTimes | None = None,
+                 unlinked: Unlinked | None = None) -> None:
         self.ns = namespace
         self.reader = reader
         self.writer = writer  # None: a read-only mount, nothing is pending
         self.replacer = replacer  # None: renames over files delete the target (as before)
         self.times = times  # mtimes Girder would not store (None: not kept)
+        self.unlinked = unlinked  # None: a file unlinked while open is deleted at once
         self.xattrs = Xattrs(namespace)
         self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
         # directory inode -> when this mount last added, removed or moved an entry in it (ns)
@@ -470,6 +473,8 @@ class View:
             raise GirderFSError(errno.EISDIR, 'is a directory')
         self.ns.delete(self.ns.resolve(split(path)[0]), node)
         self._deleted(node)
+        if self.unlinked is not None:
+            self.unlinked.done(node.id)  # (the last close of a file unlinked while open)
 
     @changes_entries
     def rename(self, old: str, new: str) -> None:
@@ -574,14 +579,25 @@ class View:
 
     @changes_entries
     def hide(self, old: str, new: str) -> None:
-        """An open file unlinked (libfuse renames it to a hidden name): delete it on the server
-        now, keep the open handles working locally, and never upload the hidden name."""
+        """An open file unlinked: libfuse renames it to a hidden name, and unlinks that at the
+        last close. Open for writing, its handles work from the spool: the server's copy goes
+        now and the hidden name is never uploaded. Open for reading only, it is renamed on the
+        server too (unlinked.py), so its handles keep reading it until the last close."""
         d = self.writer.get(old)
-        if d is None or d.file_id is not None:
-            node = self.lookup(old)
-            if node is not None and not node.is_dir:
-                self.ns.delete(self.ns.resolve(split(old)[0]), node)
-                self._deleted(node)
+        node = self.lookup(old) if d is None or d.file_id is not None else None
+        if node is not None and not node.is_dir:
+            parent = self.ns.resolve(split(old)[0])
+            if d is None and self.unlinked is not None:
+                hidden = split(new)[1]
+                self.unlinked.add(node.kind, node.id, hidden)
+                try:
+                    self.ns.rename(parent, node, parent, hidden)
+                except GirderFSError:
+                    self.unlinked.done(node.id)
+                    raise
+                return
+            self.ns.delete(parent, node)
+            self._deleted(node)
         if d is not None:
             self.writer.hide(old, new)
 

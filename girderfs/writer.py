@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from .errors import GirderFSError
 from .kinds import Kind
 from .remote import ObjectStoreUnreachable, Remote
+from .util import write_durably
 
 log = logging.getLogger(__name__)
 
@@ -144,15 +145,7 @@ class Writer:
 
     def save_journal(self, d: PendingFile) -> None:
         """Write the journal entry atomically and durably (temp file, fsync, rename)."""
-        path = self._journal(d)
-        tmp = path + '.tmp'
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(d.journal_doc(self.remote.api_url)).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        write_durably(self._journal(d), json.dumps(d.journal_doc(self.remote.api_url)).encode())
 
     # --- opening --------------------------------------------------------------------------
     def start(self, path: str, parent_kind: str, parent_id: str, name: str,

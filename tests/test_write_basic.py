@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
 import random
 import shutil
+import signal
 import time
 
 import pytest
@@ -14,12 +16,16 @@ from writeutil import (
     item_files,
     lookup,
     make_area,
+    mount_pid,
     mpath,
     pending,
     server_file,
     server_sha512,
+    stale_endpoint,
     unique,
 )
+
+from testsupport.faultproxy import wait_for
 
 
 @pytest.fixture(scope='module')
@@ -220,6 +226,50 @@ def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, moun
     assert len(proxy.requests('PUT', r'/contents')) == 1
     assert server_file(girder, f'{gp}/same.bin')['sha512'] == sha(changed)
     assert pending(m) == ([], [])
+
+
+def test_a_file_unlinked_while_open_for_reading_stays_readable(girder, mount, area):
+    """POSIX: open handles keep the file (issue 16, item 5). It waits on the server under
+    libfuse's hidden name and is deleted at the last close."""
+    folder, gp = area
+    data = os.urandom(3 << 20)
+    it = girder.file_item(folder, 'open.bin', data)
+    m = mount()
+    top = mpath(m, gp)
+    fh = open(top / 'open.bin', 'rb')  # nothing read yet: the bytes must come from the server
+    try:
+        os.unlink(top / 'open.bin')
+        assert not (top / 'open.bin').exists()
+        assert not [n for n in os.listdir(top) if not n.startswith('.fuse_hidden')]
+        items = girder.api('GET', 'item', params={'folderId': folder['_id']})
+        assert [i['_id'] for i in items] == [it['_id']]
+        assert items[0]['name'].startswith('.fuse_hidden')
+        assert os.fstat(fh.fileno()).st_size == len(data)
+        assert sha(fh.read()) == sha(data)
+    finally:
+        fh.close()
+    assert wait_for(lambda: girder.api('GET', 'item', params={'folderId': folder['_id']})
+                    == [], 10), 'not deleted at the last close'
+    assert os.listdir(m.cache_dir / 'unlinked') == []
+    assert os.listdir(top) == []
+
+
+def test_a_file_left_open_and_unlinked_by_a_dead_mount_is_deleted_by_the_next(
+        girder, mounter, area, tmp_path):
+    folder, gp = area
+    girder.file_item(folder, 'gone.txt', b'bye')
+    cache, point = tmp_path / 'cache', tmp_path / 'mnt'
+    mounter(girder.url, cache_dir=cache, point=point)
+    fh = open(point / gp.lstrip('/') / 'gone.txt', 'rb')
+    os.unlink(point / gp.lstrip('/') / 'gone.txt')
+    os.kill(mount_pid(point), signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        fh.close()
+    assert len(girder.api('GET', 'item', params={'folderId': folder['_id']})) == 1
+    assert wait_for(lambda: stale_endpoint(point), 10)
+    mounter(girder.url, cache_dir=cache, point=point)
+    assert girder.api('GET', 'item', params={'folderId': folder['_id']}) == []
+    assert os.listdir(cache / 'unlinked') == []
 
 
 def test_empty_and_tiny_files(girder, mount, area):
