@@ -93,7 +93,8 @@ def format_status(mountpoint: str, info: dict) -> str:
         f' in {info.get("cache_dir")}; block hit rate '
         f'{100 * (hits.get("memory", 0) + hits.get("disk", 0)) / served:.1f}%',
         f'  traffic     {_size(stats.get("bytes_down", 0))} down, '
-        f'{_size(info.get("uploaded_bytes", 0))} up; {stats.get("requests", 0)} requests, '
+        f'{_size(info.get("uploaded_bytes", 0))} up ({info.get("unchanged_skips", 0)} '
+        f'unchanged rewrites not sent); {stats.get("requests", 0)} requests, '
         f'{stats.get("retries", 0)} retries',
     ]
     lines[3:3] = credential_lines(info.get('auth'), info.get('health'))

@@ -90,6 +90,7 @@ class Layers:
                 'cache_dir': c.cache_dir, 'cache_limit': c.cache_size,
                 'read_only': c.read_only, 'reads': self.reader.counts(),
                 'uploaded_bytes': w.uploaded_bytes if w else 0,
+                'unchanged_skips': w.unchanged_skips if w else 0,
                 'pending_uploads': w.progress() if w else [],
                 'auth': self.client.auth.status(), 'health': self.client.health(),
                 **self.hooks.status()}

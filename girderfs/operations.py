@@ -140,8 +140,11 @@ class GirderOperations(mfusepy.Operations):
             return self.view.with_local_times(self.view.unlinked_attr(
                 handle and handle.dirty, handle and handle.remote))
         handle = self._open_reader(fh)
-        return self.view.with_local_times(
+        attr = self.view.with_local_times(
             self.view.attr(path, handle and (handle.remote, handle.node)))
+        if split(path)[1].startswith(FUSE_HIDDEN):
+            attr = dict(attr, st_nlink=0)  # an open file unlinked: fstat tells it has no name
+        return attr
 
     def _open_reader(self, fi: Any) -> Handle | None:
         """The handle of ``fi`` if it reads a remote file (no local changes), else None."""

@@ -106,6 +106,7 @@ class Writer:
         self._wake = threading.Event()  # retry pending uploads now (or stop)
         self._retry_thread: threading.Thread | None = None
         self.uploaded_bytes = 0
+        self.unchanged_skips = 0  # rewrites not sent: the server had their bytes
 
     # --- table ----------------------------------------------------------------------------
     def get(self, path: str) -> PendingFile | None:
@@ -362,6 +363,8 @@ class Writer:
             if same is not None:
                 log.info('%s: the server has these bytes already (sha512); not sent again',
                          d.path)
+                with self._lock:
+                    self.unchanged_skips += 1
                 self._finish(d, same)
                 return
             up = self._begin(d, size)

@@ -147,7 +147,10 @@ def test_rsync_twice_as_non_admin_sends_nothing_the_second_time(girder, mount, u
     dst = m.path / gp.lstrip('/') / 'dst'
     assert rsync(src, dst) == len(files)
     before = {rel: file_of(girder, f'{gp}/dst/{rel}') for rel in files}
+    uploads = m.status()['stats']['by_kind'].get('upload', 0)
+    assert uploads > 0
     assert rsync(src, dst) == 0
+    assert m.status()['stats']['by_kind'].get('upload', 0) == uploads, 'upload requests sent'
     m = remount(mount, m, '--item-check', item_check, token=user['token'])
     dst = m.path / gp.lstrip('/') / 'dst'
     assert rsync(src, dst) == 0

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 
 import pytest
 from writeutil import (
@@ -66,9 +67,21 @@ def assert_same_item(girder, item: dict, name: str, data: bytes) -> dict:
 def test_editor_save_keeps_the_item(girder, mount, area):
     folder, gp = area
     item = described_item(girder, folder, 'notes.txt', b'version 1\n')
-    m = mount()
+    m = mount('--attr-timeout', '0')  # every stat asks the namespace, none answered by the kernel
     top = mpath(m, gp)
     p = top / 'notes.txt'
+    # A reader polling the path during the saves always finds it.
+    missing, stop = [], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            try:
+                os.stat(p)
+            except FileNotFoundError:
+                missing.append(time.monotonic())
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
     for version in range(2, 5):
         text = f'version {version}\n'.encode() * (version * 1000)
         tmp = top / f'.notes.txt.swp{version}'
@@ -82,6 +95,9 @@ def test_editor_save_keeps_the_item(girder, mount, area):
         assert [it['_id'] for it in items] == [item['_id']], 'the temporary item is left'
         # a rename keeps the file's time (Girder keeps milliseconds)
         assert os.stat(p).st_mtime_ns == 1_500_000_000_123_000_000
+    stop.set()
+    poller.join(10)
+    assert missing == [], f'{len(missing)} stats found no file during the saves'
     assert pending(m) == ([], [])
 
 

@@ -9,6 +9,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import time
 
 import pytest
@@ -202,7 +203,7 @@ def test_overwrite_keeps_file_id(girder, mount, area):
     assert pending(m) == ([], [])
 
 
-def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, mounter):
+def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, mounter, tmp_path):
     """girder-client skips a file whose sha512 the server has; so does a rewrite here (issue
     16, item 4): no upload request, the file keeps its content and stamp, mtime moves on."""
     folder, gp = area
@@ -213,9 +214,10 @@ def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, moun
     p = mpath(m, gp) / 'same.bin'
     mtime = p.stat().st_mtime_ns
     time.sleep(0.01)
-    with open(p, 'wb') as fh:  # O_TRUNC, then the same bytes
-        fh.write(data)
+    (tmp_path / 'same.bin').write_bytes(data)
+    subprocess.run(['cp', str(tmp_path / 'same.bin'), str(p)], check=True, timeout=60)
     assert proxy.requests('PUT', r'/contents') == [] and proxy.requests('POST', r'/chunk') == []
+    assert m.status()['unchanged_skips'] == 1
     after = item_files(girder, it['_id'])[0]
     assert (after['_id'], after['created'], after['sha512']) == \
         (before['_id'], before['created'], sha(data))
@@ -244,8 +246,10 @@ def test_a_file_unlinked_while_open_for_reading_stays_readable(girder, mount, ar
         items = girder.api('GET', 'item', params={'folderId': folder['_id']})
         assert [i['_id'] for i in items] == [it['_id']]
         assert items[0]['name'].startswith('.fuse_hidden')
-        assert os.fstat(fh.fileno()).st_size == len(data)
+        st = os.fstat(fh.fileno())
+        assert (st.st_size, st.st_nlink) == (len(data), 0)
         assert sha(fh.read()) == sha(data)
+        assert os.pread(fh.fileno(), 7, 1 << 20) == data[1 << 20:(1 << 20) + 7]
     finally:
         fh.close()
     assert wait_for(lambda: girder.api('GET', 'item', params={'folderId': folder['_id']})
@@ -557,3 +561,26 @@ def test_mtime_moves_forward_on_every_content_change(girder, mount, tmp_path):
         assert ctime >= again and ctime > ctimes[-1], (ctimes, ctime, again)
         ctimes.append(ctime)
     assert f.read_bytes() == b'z\n' * 3
+
+
+def test_make_rebuilds_after_a_change_in_the_mount(girder, mount, area, tmp_path):
+    """make compares mtimes: a target built from a file in the mount is rebuilt once the
+    file changes through the mount (mtime moves forward), and not before."""
+    _, gp = area
+    m = mount('--attr-timeout', '1')
+    src = mpath(m, gp) / 'input.txt'
+    src.write_bytes(b'one\n')
+    out = tmp_path / 'out.txt'
+    (tmp_path / 'Makefile').write_text(f'{out}: {src}\n\tcp {src} {out}\n')
+
+    def make() -> str:
+        return subprocess.run(['make', '-C', str(tmp_path)], capture_output=True, text=True,
+                              check=True, timeout=60).stdout
+
+    assert 'cp ' in make() and out.read_bytes() == b'one\n'
+    time.sleep(1.1)
+    assert 'up to date' in make()
+    with open(src, 'ab') as fh:
+        fh.write(b'two\n')
+    time.sleep(1.1)  # past the attribute timeout: what the server says now counts
+    assert 'cp ' in make() and out.read_bytes() == b'one\ntwo\n'
