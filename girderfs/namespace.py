@@ -31,6 +31,12 @@ NAME_MAX = 255
 META_TIMES = frozenset({Kind.ITEM, Kind.FOLDER, Kind.COLLECTION})  # kinds with a settable time
 # In a file document: when it was asked of the server. The reader skips asking again soon after.
 FETCHED = '_girderfsFetched'
+# A program reading a directory will likely read the ones below it next (find, du, rsync, ls
+# -R): their listings are fetched ahead, in parallel, this deep and at most this many per read.
+AHEAD_DEPTH = 2
+AHEAD_LISTINGS = 32
+AHEAD_KINDS = frozenset({Kind.COLLECTION, Kind.USER, Kind.FOLDER})
+WALK_CAP = 12  # x ttl: how long a listing that keeps being used may be kept
 MOVE_IN_FLIGHT = 600.0  # s; a rename's requests are bounded by the retry rule well before
 MOVE_GRACE = 10.0  # s an answer fetched during a rename may take to reach its caller
 
@@ -167,11 +173,18 @@ class Namespace:
         self.gid = os.getgid() if gid is None else gid
         self.started = time.time_ns()
         self.root = root or Node(Kind.ROOT, None, '')
-        self._listings: LockedTTLCache[dict[str, Node]] = LockedTTLCache(4096, ttl)
-        self._files: LockedTTLCache[list[dict]] = LockedTTLCache(65536, ttl)
+        # A listing in use lives on up to WALK_CAP x ttl (a minute by default): the consistency
+        # rule is in the README ("Refresh").
+        self._listings: LockedTTLCache[dict[str, Node]] = LockedTTLCache(
+            4096, ttl, cap=WALK_CAP * ttl)
+        self._files: LockedTTLCache[list[dict]] = LockedTTLCache(65536, ttl, cap=WALK_CAP * ttl)
         self._inodes: dict[tuple[str, str | None], int] = {}
         self._ino_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(8, thread_name_prefix='girderfs-list')
+        self._pool = ThreadPoolExecutor(16, thread_name_prefix='girderfs-list')
+        # (Listings fetched ahead wait for item file lists on _pool: their own pool, so the
+        # two never wait on each other's workers.)
+        self._ahead = ThreadPoolExecutor(8, thread_name_prefix='girderfs-ahead')
+        self._ahead_keys: set[tuple[str, str | None]] = set()  # queued or being fetched
         self._mtime_refused = False
         self._created: set[str] = set()  # ids this mount created (copies being made)
         # Items whose files made them directories: in large folders they stay directories after
@@ -587,7 +600,53 @@ class Namespace:
             log.warning('could not list files of item %s: %s', node.id, exc.reason)
             return None
 
+    def read_ahead(self, node: Node) -> None:
+        """A program read ``node``'s listing: fetch the listings of the directories below it
+        in the background (``AHEAD_DEPTH`` levels, at most ``AHEAD_LISTINGS``), as a walk
+        asks for them next. The walker then finds them cached, or waits for the fetch under
+        way (single-flight) instead of sending its own. While programs read directories
+        nothing expires (up to the cap): a walk's second pass (``du`` after ``find``) finds
+        what the first one fetched."""
+        self._listings.busy()
+        self._files.busy()
+        self._ahead_below(node, AHEAD_DEPTH, [AHEAD_LISTINGS])
+
+    def _ahead_below(self, node: Node, depth: int, budget: list[int]) -> None:
+        listing = self._listings.peek((node.kind, node.id))
+        if not listing or depth <= 0:
+            return
+        for child in list(listing.values()):
+            if child.kind not in AHEAD_KINDS:
+                continue
+            key = (child.kind, child.id)
+            if self._listings.peek(key) is not None:
+                self._ahead_below(child, depth - 1, budget)
+                continue
+            with self._ino_lock:
+                if budget[0] <= 0:
+                    return
+                if key in self._ahead_keys:
+                    continue
+                self._ahead_keys.add(key)
+                budget[0] -= 1
+            try:
+                self._ahead.submit(self._fetch_ahead, child, depth - 1, budget)
+            except RuntimeError:  # shut down: the mount is going away
+                return
+
+    def _fetch_ahead(self, node: Node, depth: int, budget: list[int]) -> None:
+        try:
+            self.children(node)
+        except GirderFSError as exc:
+            log.debug('reading ahead %s %s: %s', node.kind, node.id, exc.reason)
+            return
+        finally:
+            with self._ino_lock:
+                self._ahead_keys.discard((node.kind, node.id))
+        self._ahead_below(node, depth, budget)
+
     def close(self) -> None:
+        self._ahead.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

@@ -23,12 +23,19 @@ class LockedTTLCache(Generic[V]):
     10,000-entry listing that takes 8 s to fetch must not expire during the ``ls -l`` it serves.
     """
 
-    def __init__(self, maxsize: int, ttl: float, slow_factor: float = 4.0) -> None:
+    def __init__(self, maxsize: int, ttl: float, slow_factor: float = 4.0,
+                 cap: float | None = None, timer: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.slow_factor = slow_factor
+        # With a cap, a value read from the cache stays fresh another ``ttl`` from then, and
+        # all values stay fresh while the cache is ``busy`` (a walk is under way), up to
+        # ``cap`` after they were loaded: a long walk does not see its listings expire.
+        self.cap = cap
+        self._born: dict[Hashable, float] = {}  # when each stored value was loaded
+        self._busy_until = 0.0
         self._life = ttl  # lifetime of the value being inserted (read by _ttu under _lock)
         self._expiry: dict[Hashable, float] = {}  # when each inserted key expires
-        self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu)
+        self._cache: TLRUCache = TLRUCache(maxsize=maxsize, ttu=self._ttu, timer=timer)
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
         self._drops: dict[Hashable, int] = {}  # times each key was dropped
@@ -38,7 +45,28 @@ class LockedTTLCache(Generic[V]):
         if len(self._expiry) > 2 * self._cache.maxsize:
             self._expiry = {k: t for k, t in self._expiry.items() if k in self._cache}
         self._expiry[key] = now + self._life
+        if self.cap is not None:
+            # The cache keeps it until the cap; whether it is still fresh is ours to say
+            # (_fresh), from _expiry, which use and keep_with move on.
+            return now + max(self.cap, self._life)
         return self._expiry[key]
+
+    def _fresh(self, key: Hashable) -> bool:
+        """(Under _lock) Whether ``key`` is cached and may be used."""
+        if key not in self._cache:
+            return False
+        if self.cap is None:
+            return True
+        now = self._cache.timer()
+        if now < self._expiry.get(key, 0.0) or now < self._busy_until:
+            return True
+        self._cache.pop(key, None)  # stale: as if it had expired
+        return False
+
+    def busy(self) -> None:
+        """A walk is under way: nothing expires for another ``ttl`` (up to the cap)."""
+        with self._lock:
+            self._busy_until = self._cache.timer() + self.ttl
 
     def keep_with(self, keys: list[Hashable]) -> None:
         """Make the cached ``keys`` live as long as the longest-lived of them.
@@ -47,10 +75,14 @@ class LockedTTLCache(Generic[V]):
         parents (fast to load, so short-lived) must not expire and be fetched again.
         """
         with self._lock:
-            present = [k for k in keys if k in self._cache]
+            present = [k for k in keys if self._fresh(k)]
             if len(present) < 2:
                 return
             until = max(self._expiry.get(k, 0.0) for k in present)
+            if self.cap is not None:
+                for k in present:  # (kept until the cap anyway: only freshness moves)
+                    self._expiry[k] = max(self._expiry.get(k, 0.0), until)
+                return
             now = self._cache.timer()
             for k in present:
                 # (A margin: re-inserting also leaves a dead entry in TLRUCache's heap, and
@@ -61,12 +93,13 @@ class LockedTTLCache(Generic[V]):
 
     def peek(self, key: Hashable) -> V | None:
         with self._lock:
-            return self._cache.get(key)
+            return self._cache[key] if self._fresh(key) else None
 
     def put(self, key: Hashable, value: V) -> None:
         with self._lock:
             self._life = self.ttl
             self._cache[key] = value
+            self._stored(key)
 
     def pop(self, key: Hashable) -> None:
         with self._lock:
@@ -84,7 +117,7 @@ class LockedTTLCache(Generic[V]):
         """
         with self._lock:
             self._drops[key] = self._drops.get(key, 0) + 1
-            if key not in self._cache:
+            if not self._fresh(key):
                 return
             value = change(self._cache[key])
             if value is None:
@@ -102,14 +135,29 @@ class LockedTTLCache(Generic[V]):
     def _version(self, key: Hashable) -> tuple[int, int]:
         return self._era, self._drops.get(key, 0)
 
+    def _used(self, key: Hashable) -> None:
+        """(Under _lock, ``key`` cached) Fresh for another ttl from now, within the cap."""
+        born = self._born.get(key)
+        if self.cap is None or born is None:
+            return
+        until = min(born + self.cap, self._cache.timer() + self.ttl)
+        if until > self._expiry.get(key, 0.0):
+            self._expiry[key] = until
+
+    def _stored(self, key: Hashable) -> None:
+        if len(self._born) > 2 * self._cache.maxsize:
+            self._born = {k: t for k, t in self._born.items() if k in self._cache}
+        self._born[key] = self._cache.timer()
+
     def get_or_load(self, key: Hashable, loader: Callable[[], V]) -> V:
         with self._lock:
-            if key in self._cache:
+            if self._fresh(key):
+                self._used(key)
                 return self._cache[key]
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:
             with self._lock:
-                if key in self._cache:
+                if self._fresh(key):
                     return self._cache[key]
                 version = self._version(key)
             started = time.monotonic()
@@ -125,6 +173,7 @@ class LockedTTLCache(Generic[V]):
                     self._life = self.ttl and max(
                         self.ttl, self.slow_factor * (time.monotonic() - started))
                     self._cache[key] = value
+                    self._stored(key)
             return value
 
 

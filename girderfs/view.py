@@ -261,6 +261,7 @@ class View:
             raise GirderFSError(errno.ENOTDIR, 'not a directory')
         out: list = ['.', '..']
         listing = self.ns.children(node)
+        self.ns.read_ahead(node)
         for name, child in listing.items():
             out.append((name, {'st_mode': 0o040000 if child.is_dir else 0o100000,
                                'st_ino': self.ns.inode(child)}, 0))

@@ -291,7 +291,9 @@ def test_outage_then_the_mount_works_again_without_a_remount(girder, proxy, moun
     u = new_user(girder)
     token = u['token']
     sub1 = girder.folder(u['data'], 'sub1', token=token)
-    sub2 = girder.folder(u['data'], 'sub2', token=token)
+    # Three levels down: beyond what reading data/ fetches ahead (namespace.AHEAD_DEPTH).
+    sub2 = girder.folder(girder.folder(girder.folder(u['data'], 'a', token=token), 'b',
+                                       token=token), 'sub2', token=token)
     girder.file_item(sub1, 'f1.txt', b'f1\n', token=token)
     for name in ('g1.txt', 'g2.txt'):
         girder.file_item(sub2, name, name.encode(), token=token)
@@ -299,7 +301,8 @@ def test_outage_then_the_mount_works_again_without_a_remount(girder, proxy, moun
     m = mounter(proxy.url, '--api-key-file', str(key_file(tmp_path, key)), '--attr-timeout', '1',
                 '--timeout', '3', env={})
     data = m.path / u['gpath'].lstrip('/')
-    assert {'sub1', 'sub2'} <= set(os.listdir(data))
+    assert {'sub1', 'a'} <= set(os.listdir(data))
+    deep = data / 'a' / 'b' / 'sub2'
     assert (data / 'sub1' / 'f1.txt').read_bytes() == b'f1\n'
     content = random.Random(5).randbytes(256 << 10)
     held = open(data / 'during.bin', 'wb')  # noqa: SIM115 - a copy under way when the link drops
@@ -310,7 +313,7 @@ def test_outage_then_the_mount_works_again_without_a_remount(girder, proxy, moun
     down_at = time.monotonic()
     # A listing not cached yet fails with EIO after the bounded retries (never "empty").
     t0 = time.monotonic()
-    assert errno_of(os.listdir, data / 'sub2') == errno.EIO
+    assert errno_of(os.listdir, deep) == errno.EIO
     assert time.monotonic() - t0 < 60
     held.write(content[1000:])
     t0 = time.monotonic()
@@ -329,7 +332,7 @@ def test_outage_then_the_mount_works_again_without_a_remount(girder, proxy, moun
     proxy.up()
 
     # No remount: the listing comes at once and whole, the upload completes by itself.
-    assert sorted(os.listdir(data / 'sub2')) == ['g1.txt', 'g2.txt']
+    assert sorted(os.listdir(deep)) == ['g1.txt', 'g2.txt']
     assert wait_for(lambda: not m.status()['pending_uploads'], 60), m.status()['pending_uploads']
     assert server_sha512(girder, f'{u["gpath"]}/during.bin') == sha512(content)
     assert (data / 'during.bin').read_bytes() == content
