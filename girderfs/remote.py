@@ -125,8 +125,9 @@ class Remote(Protocol):
 
     # --- write path -------------------------------------------------------------------------
     def begin_upload(self, parent_kind: str, parent_id: str, name: str, size: int, *,
-                     repeatable: bool) -> dict:
-        """A new file: an upload document, or the file's document when ``size`` is 0."""
+                     repeatable: bool, data: Spool | None = None) -> dict:
+        """A new file: an upload document, or the file's document when ``size`` is 0 or
+        ``data`` (the whole content, sent with the request) completes it."""
 
     def replace_contents(self, file_id: str, size: int) -> dict:
         """New content for an existing file (its id and metadata stay): an upload document."""
@@ -241,10 +242,14 @@ class GirderRemote:
         return url, url_lifetime(url), None
 
     def begin_upload(self, parent_kind: str, parent_id: str, name: str, size: int, *,
-                     repeatable: bool) -> dict:
+                     repeatable: bool, data: Spool | None = None) -> dict:
+        # Girder takes the first chunk in the body of POST file (a content type that is not
+        # form data): a small file is made in one request.
+        extra = {} if data is None else {
+            'data': data, 'headers': {'Content-Type': 'application/octet-stream'}}
         return self.client.request('POST', 'file', kind='upload', repeatable=repeatable,
                                    params={'parentType': parent_kind, 'parentId': parent_id,
-                                           'name': name, 'size': size})
+                                           'name': name, 'size': size}, **extra)
 
     def replace_contents(self, file_id: str, size: int) -> dict:
         return self.client.request('PUT', f'file/{file_id}/contents', kind='upload',

@@ -127,12 +127,15 @@ class MemoryRemote:
             return body
 
     def begin_upload(self, parent_kind: str, parent_id: str, name: str, size: int, *,
-                     repeatable: bool) -> dict:
+                     repeatable: bool, data=None) -> dict:
         with self.lock:
             self._called('begin_upload', parent_kind, parent_id, name, size)
             self._check_quota(size)
-            return self._new_upload({'parentType': parent_kind, 'parentId': parent_id,
-                                     'name': name, 'size': size, 'fileId': None})
+            up = self._new_upload({'parentType': parent_kind, 'parentId': parent_id,
+                                   'name': name, 'size': size, 'fileId': None})
+        if data is None or size == 0:
+            return up
+        return self._receive(up['_id'], 0, data)  # (Girder: the body is the first chunk)
 
     def replace_contents(self, file_id: str, size: int) -> dict:
         with self.lock:
@@ -143,11 +146,15 @@ class MemoryRemote:
                                      'name': doc['name'], 'size': size, 'fileId': file_id})
 
     def send_chunk(self, upload_id: str, offset: int, data) -> dict:
+        return self._receive(upload_id, offset, data, 'send_chunk')
+
+    def _receive(self, upload_id: str, offset: int, data, call: str | None = None) -> dict:
         body = bytearray()
         while chunk := data.read(1 << 20):
             body += chunk
         with self.lock:
-            self._called('send_chunk', upload_id, offset, len(body))
+            if call:
+                self._called(call, upload_id, offset, len(body))
             up = self.uploads.get(upload_id)
             if up is None:
                 raise GirderFSError(errno.ENOENT, 'POST file/chunk: HTTP 400 Invalid upload id',
@@ -403,9 +410,9 @@ class FaultyRemote(MemoryRemote):
         return body
 
     def begin_upload(self, parent_kind: str, parent_id: str, name: str, size: int, *,
-                     repeatable: bool) -> dict:
+                     repeatable: bool, data=None) -> dict:
         return self._apply('begin_upload', super().begin_upload, parent_kind, parent_id, name,
-                           size, repeatable=repeatable)[0]
+                           size, repeatable=repeatable, data=data)[0]
 
     def replace_contents(self, file_id: str, size: int) -> dict:
         return self._apply('replace_contents', super().replace_contents, file_id, size)[0]

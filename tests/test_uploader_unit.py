@@ -96,6 +96,19 @@ def test_new_content_keeps_the_file_id(remote, writers):
     assert len(remote.files) == 1
 
 
+@pytest.mark.parametrize('fault', [None, 'lost', 'lost-after'])
+def test_a_small_new_file_is_one_request_and_never_two_files(remote, writers, fault):
+    w = writers(remote)
+    data = os.urandom(300_000)
+    if fault:
+        remote.inject('begin_upload', fault)
+    save(w, 'small.bin', data)
+    assert stored(remote, 'small.bin') == data  # (one file: stored() checks)
+    assert remote.count('send_chunk') == 0
+    # lost before the server acted: sent again; lost after: found made (no second file)
+    assert remote.count('begin_upload') == (2 if fault == 'lost' else 1)
+
+
 def test_a_rewrite_with_the_same_bytes_is_not_sent_again(remote, writers):
     data = os.urandom(2 * MiB)
     doc = remote.add_file('same.bin', data)
@@ -258,7 +271,7 @@ def test_a_failed_part_is_signed_and_sent_again(s3_remote, writers, fault):
 
 def test_an_expired_single_put_gets_a_new_url(s3_remote, writers):
     w = writers(s3_remote)
-    data = os.urandom(MiB)
+    data = os.urandom(MiB + 1)  # (up to 1 MiB, a new file is sent with POST file itself)
     s3_remote.inject('object_put', 'expired')
     save(w, 'renewed.bin', data)
     assert stored(s3_remote, 'renewed.bin') == data

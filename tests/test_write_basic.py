@@ -276,6 +276,25 @@ def test_a_file_left_open_and_unlinked_by_a_dead_mount_is_deleted_by_the_next(
     assert os.listdir(cache / 'unlinked') == []
 
 
+def test_a_small_new_file_is_one_request(girder, area, proxy, mounter):
+    """Issue 17, item 4: a new small file is made by POST file with its bytes in the body,
+    and its folder is not listed again after it."""
+    folder, gp = area
+    m = mounter(proxy.url)
+    top = mpath(m, gp)
+    os.listdir(top)
+    lists = m.status()['stats']['by_kind'].get('list', 0)
+    files = {f'small{i}.txt': os.urandom(1000 * (i + 1)) for i in range(10)}
+    for name, data in files.items():
+        (top / name).write_bytes(data)
+    assert sorted(os.listdir(top)) == sorted(files)
+    assert len(proxy.requests('POST', r'/file\?')) == len(files)
+    assert proxy.requests('POST', r'/file/chunk') == []
+    assert m.status()['stats']['by_kind'].get('list', 0) == lists
+    for name, data in files.items():
+        assert server_sha512(girder, f'{gp}/{name}') == sha(data)
+
+
 def test_empty_and_tiny_files(girder, mount, area):
     _, gp = area
     m = mount()
