@@ -225,6 +225,10 @@ class Namespace:
             self._listings.keep_with(used)
         return node
 
+    def cached_children(self, node: Node) -> dict[str, Node] | None:
+        """The listing of a directory node if it is cached (nothing is fetched)."""
+        return self._listings.peek((node.kind, node.id))
+
     def children(self, node: Node) -> dict[str, Node]:
         """The listing of a directory node, from cache or fetched (all pages)."""
         if node.kind == Kind.ITEM and (node.files is None

@@ -192,6 +192,13 @@ class Reader:
             raise
         return parts
 
+    def warm(self, f: RemoteFile) -> None:
+        """Fetch the whole of ``f`` into the cache in the background (a file a program is
+        likely to read next); blocks at hand or in flight are left alone."""
+        if f.size > 0:
+            close_parts(self._claim(f, range(0), self._prefetch,
+                                    range(0, (f.size - 1) // self.bs + 1)).values())
+
     def _read_small(self, f: RemoteFile, offset: int, end: int) -> bytes | None:
         """A random read inside one block that is not at hand: read or fetch only its pieces.
 

@@ -34,6 +34,11 @@ STATUS_PATH = '/.girderfs-status'  # the control file (see control.py): hidden, 
 STATUS_INO = 2**62
 XATTR_CREATE, XATTR_REPLACE = 1, 2
 ATIMES_MAX = 100_000
+# A program opening one file after another in a directory (cat dir/*, cp -r, tar, rsync) reads
+# the next ones next: the next few small files are fetched ahead, in parallel.
+SIBLINGS_AHEAD = 8
+SIBLING_MAX = 1 << 20  # bytes: only files this small
+SIBLING_GAP = 2.0  # s between two opens in a directory that make it a sequence
 
 
 def split(path: str) -> tuple[str, str]:
@@ -89,7 +94,10 @@ class View:
         self._atimes: OrderedDict[int, int] = OrderedDict()  # inode -> atime set by utimens
         # directory inode -> when this mount last added, removed or moved an entry in it (ns)
         self._dir_times: OrderedDict[int, int] = OrderedDict()
-        self._atimes_lock = threading.Lock()  # (both tables)
+        # directory path -> (when a file in it was last opened for reading, the last name
+        # whose content was fetched ahead)
+        self._opened: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        self._atimes_lock = threading.Lock()  # (the three tables)
 
     # --- lookups --------------------------------------------------------------------------
     def pending(self, path: str) -> PendingFile | None:
@@ -361,10 +369,39 @@ class View:
         doc = self.ns.file_doc(node)
         remote = RemoteFile.from_doc(doc, fetched_at(doc))
         if not writing:
+            self._siblings_ahead(path)
             return None, node, remote
         if not node.writable:
             raise GirderFSError(errno.EACCES, 'no write access to this file on Girder')
         return self._start_copy(path, node, doc, remote, truncate), None, remote
+
+    def _siblings_ahead(self, path: str) -> None:
+        """Second open in a directory within SIBLING_GAP s: warm the small files that come
+        after this one in the listing (the order of readdir and, mostly, of a shell glob)."""
+        parent_path, name = split(path)
+        now = time.monotonic()
+        with self._atimes_lock:
+            last, done = self._opened.pop(parent_path, (0.0, ''))
+            self._opened[parent_path] = (now, done)
+            if len(self._opened) > 256:
+                self._opened.popitem(last=False)
+        if now - last > SIBLING_GAP:
+            return
+        listing = self.ns.cached_children(self.ns.resolve(parent_path))
+        names = list(listing or ())
+        if name not in names:
+            return
+        at = names.index(name)
+        # (after the last one warmed for an earlier open of this sequence)
+        start = max(at, names.index(done) if done in names else -1) + 1
+        for sibling in names[start:at + 1 + SIBLINGS_AHEAD]:
+            f = listing[sibling].single_file
+            if f is not None and int(f.get('size') or 0) <= SIBLING_MAX:
+                self.reader.warm(RemoteFile.from_doc(f, fetched_at(f)))
+            done = sibling
+        with self._atimes_lock:
+            if parent_path in self._opened:
+                self._opened[parent_path] = (now, done)
 
     @changes_entries
     def create(self, path: str) -> PendingFile | None:

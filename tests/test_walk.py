@@ -99,3 +99,33 @@ def test_listings_in_use_do_not_expire_under_a_long_walk(tree, mount, girder):
     run('ls', str(top / 'a1'))
     assert run_girderfs('refresh', str(m.path)).returncode == 0
     assert (top / 'a1' / 'later.txt').exists()
+
+
+def test_small_files_read_one_after_another_are_fetched_ahead(girder, mount):
+    """Issue 17, item 3: one request per small file once its folder is listed, and a program
+    reading a folder's files in turn finds the next ones fetched already; never stale bytes."""
+    col = girder.collection(unique('Siblings'))
+    folder = girder.folder(col, 'd')
+    data = {f'f{i:02d}.txt': os.urandom(3000 + i) for i in range(20)}
+    for name, content in data.items():
+        girder.file_item(folder, name, content)
+    m = mount('--root', f'/collection/{col["name"]}')
+    d = m.path / 'd'
+    assert sorted(os.listdir(d)) == sorted(data)
+    base = settled(m).get('download', 0)
+    assert (d / 'f00.txt').read_bytes() == data['f00.txt']
+    assert settled(m).get('download', 0) == base + 1  # one file, one request
+    assert (d / 'f01.txt').read_bytes() == data['f01.txt']  # a sequence: the next 8 ahead
+    assert settled(m).get('download', 0) == base + 2 + 8
+    for name in sorted(data)[2:]:
+        assert (d / name).read_bytes() == data[name]
+    assert settled(m).get('download', 0) == base + len(data)  # each file fetched once
+    # Changed on the server after it was fetched ahead: the new bytes once the mount knows.
+    f15 = girder.api('GET', 'item', params={'folderId': folder['_id'], 'name': 'f15.txt'})[0]
+    fid = girder.api('GET', f'item/{f15["_id"]}/files')[0]['_id']
+    new = os.urandom(3015)
+    up = girder.api('PUT', f'file/{fid}/contents', params={'size': len(new)})
+    girder.api('POST', 'file/chunk', data=new, params={'uploadId': up['_id'], 'offset': 0})
+    assert run_girderfs('refresh', str(m.path)).returncode == 0
+    assert (d / 'f14.txt').read_bytes() == data['f14.txt']
+    assert (d / 'f15.txt').read_bytes() == new
