@@ -95,8 +95,8 @@ class View:
         # directory inode -> when this mount last added, removed or moved an entry in it (ns)
         self._dir_times: OrderedDict[int, int] = OrderedDict()
         # directory path -> (when a file in it was last opened for reading, the last name
-        # whose content was fetched ahead)
-        self._opened: OrderedDict[str, tuple[float, str]] = OrderedDict()
+        # whose content was fetched ahead, the name opened)
+        self._opened: OrderedDict[str, tuple[float, str, str]] = OrderedDict()
         self._atimes_lock = threading.Lock()  # (the three tables)
 
     # --- lookups --------------------------------------------------------------------------
@@ -381,11 +381,11 @@ class View:
         parent_path, name = split(path)
         now = time.monotonic()
         with self._atimes_lock:
-            last, done = self._opened.pop(parent_path, (0.0, ''))
-            self._opened[parent_path] = (now, done)
+            last, done, previous = self._opened.pop(parent_path, (0.0, '', ''))
+            self._opened[parent_path] = (now, done, name)
             if len(self._opened) > 256:
                 self._opened.popitem(last=False)
-        if now - last > SIBLING_GAP:
+        if now - last > SIBLING_GAP or previous == name:  # (the same file again: no sequence)
             return
         listing = self.ns.cached_children(self.ns.resolve(parent_path))
         names = list(listing or ())
@@ -401,7 +401,7 @@ class View:
             done = sibling
         with self._atimes_lock:
             if parent_path in self._opened:
-                self._opened[parent_path] = (now, done)
+                self._opened[parent_path] = (now, done, name)
 
     @changes_entries
     def create(self, path: str) -> PendingFile | None:
