@@ -197,3 +197,29 @@ def test_a_body_that_keeps_breaking_fails_after_the_policys_tries(stack):
         reader.read(f, 0, f.size)
     assert err.value.errno == errno.EIO
     assert len(downloads(remote)) == remote.policy.tries
+
+
+def test_small_adjacent_reads_of_an_index_do_not_start_a_stream(stack):
+    """A tiled TIFF's reader: a few small reads next to each other (header, IFDs), then tiles
+    far apart, each with its small index read. Fetched bytes stay within twice the bytes
+    asked for plus a piece per read (issue 17, item 5); a long run of small reads still
+    becomes a stream."""
+    remote, _, reader = stack()
+    f, data = remote_file(remote, 'tiled.tif', 64 * MiB)
+    stream = ReadPattern()
+    reads = [(0, 8), (8, 200), (208, 2000), (2208, 16), (2224, 4096)]
+    for t in range(12):
+        tile = (5 + 4 * t) * MiB + 12345 * t
+        reads += [(tile - 64, 64), (tile, 256 << 10)]
+    asked = 0
+    for off, n in reads:
+        assert reader.read(f, off, n, stream) == data[off:off + n]
+        asked += n
+    fetched = sum(stop - start for start, stop in downloads(remote))
+    assert fetched <= 2 * asked + len(reads) * MiB, (fetched, asked)
+    assert stream.window <= MiB
+    # 2 MiB of 16 KiB reads in a row: a stream, whose window grows
+    s2 = ReadPattern()
+    for off in range(40 * MiB, 42 * MiB, 16 << 10):
+        assert reader.read(f, off, 16 << 10, s2) == data[off:off + (16 << 10)]
+    assert s2.window >= 4 * MiB
