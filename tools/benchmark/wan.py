@@ -39,7 +39,7 @@ from testsupport.latency import ProxyProcess
 from .common import BenchError, MiB, bounded, run_cmd, say
 from .data import make_local_file, seed_items, upload_local_file, wait_sha512
 from .mounts import GirderfsMount
-from .probes import Probe
+from .probes import Probe, proc_cpu
 
 if TYPE_CHECKING:
     from .cases import Bench
@@ -166,10 +166,14 @@ class WanCases:
     def measure(self, case: str, system: str, mount: Mount | None, fn) -> dict:
         """Run ``fn`` (returns extra figures) under a Probe; store and return the result."""
         def body() -> dict:
+            proxy_cpu = proc_cpu(self.proxy_pid())
             with Probe(self.ctx, mount) as probe:
                 extra = bounded(fn, self.ctx.args.timeout, f'{case} {system}',
                                 mount.kill if mount else None) or {}
             r = probe.result
+            # the proxy is no child the Probe waits for: its CPU would count as "other"
+            r['proxy_cpu_s'] = round(proc_cpu(self.proxy_pid()) - proxy_cpu, 2)
+            r['other_cpu_s'] = round(max(0.0, r['other_cpu_s'] - r['proxy_cpu_s']), 2)
             r.update(extra)
             return r
 
@@ -180,6 +184,9 @@ class WanCases:
                                       f"{r['seconds']:.2f} s, {r.get('round_trips', '-')} RTT, "
                                       f"{r.get('requests', r.get('server_requests'))} requests"))
         return r
+
+    def proxy_pid(self) -> int | None:
+        return self.proxy.proc.pid if self.proxy and self.proxy.proc else None
 
     def add_round_trips(self, r: dict) -> None:
         if self.rtt > 0 and 'seconds' in r:
@@ -527,10 +534,19 @@ def report_lines(ctx: Bench) -> list[str]:
                  'seconds / RTT. requests: base = seen by the server, gfs = sent by the mount '
                  '(its status file); W7: all the server saw, the mount command\'s own '
                  'included. BAD: bytes or entries wrong.')
+    lines.append('CPU s of the server, the mount, the proxy, the client (cat/curl/ls/bench) and '
+                 'everything else (another session\'s tests), and steal:')
     for case in CASES:
         for system, r in (R.get(case) or {}).items():
             if 'error' in r:
                 lines.append(f'  {case} {system} FAILED: {r["error"][:200]}')
+            elif 'server_cpu_s' in r:
+                lines.append(f"  {case} {system:9} srv {r['server_cpu_s']:5.2f}  "
+                             f"mnt {r.get('mount_cpu_s', '-')!s:>5}  "
+                             f"proxy {r.get('proxy_cpu_s', 0):5.2f}  "
+                             f"rdr {r.get('reader_cpu_s', 0):5.2f}  "
+                             f"other {r.get('other_cpu_s', 0):5.2f}  "
+                             f"steal {r.get('steal_cpu_s', 0):5.2f}")
     return lines
 
 
