@@ -17,6 +17,15 @@ named: --only S1,S2,S3; size --s3-mib), with the Girder and object-store request
   S1  cold sequential read of a big file                                   vs  curl -L
   S2  200 cold random 4 KiB reads (mean ms)       vs  ranged GETs straight to the presigned URL
   S3  cp of a big file into the mount, and the mount's peak RSS            vs  girder-client
+Over an emulated wide-area link (issue 17; run only with --rtt MS [--mbit N]: girderfs and
+its baseline through testsupport/latency.py; tools/benchmark/wan.py), in seconds and round trips:
+  W1  cold sequential read of a 256 MiB file                              vs  curl
+  W2  50 cold random 4 KiB reads                                          vs  pooled ranged GETs
+  W3  ls -l of a folder of 1,000 items                                    vs  girder-client
+  W4  find, then du -sb, over 30 folders holding 240 items                vs  girder-client
+  W5  cat of 100 small files of one folder                                vs  girder-client
+  W6  cp -r of 100 small files into the mount                             vs  girder-client
+  W7  mount start + first ls of the root                                  vs  girder-client
 --girderfs-pythonpath DIR runs the mounts on another checkout (before/after figures).
 --s3-process runs the object store (moto, with the ranged-GET patch) in its own process and
 points the assetstore straight at it, without the proxy, so it does not share the bench's GIL
@@ -31,5 +40,6 @@ Run as root (dropping the page cache needs it):
     /tmp/venv/bin/python tools/bench.py --peer --json bench-results.json
     /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 [--girderfs-pythonpath /tmp/wt-old]
     /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 --s3-process
+    /tmp/venv/bin/python tools/bench.py --rtt 40 --mbit 800    # W1-W7, a few minutes
 Progress goes to stderr; the report (one table of ratios) to stdout; all figures to --json.
 """

@@ -22,6 +22,8 @@ from .mounts import PEER_PACKAGE, PEER_VENV, setup_peer
 from .probes import loadavg, machine_info
 from .report import TARGETS, evaluate, report
 from .s3 import S3Cases, mount_code
+from .wan import CASES as WAN_CASES
+from .wan import WanCases, tidy
 
 ENTRY = Path(__file__).resolve().parent.parent / 'bench.py'  # the command the README gives
 
@@ -55,9 +57,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='seconds allowed for one read step (default 900)')
     p.add_argument('--list-timeout', type=float, default=1800,
                    help='seconds allowed for one ls/find (default 1800)')
-    p.add_argument('--only', default='P1,P2,P3,P4,P5,P6',
-                   help='cases to run, comma separated (P1 and P2 run together); the S3 '
-                        'cases S1,S2,S3 run only when named')
+    p.add_argument('--only', default=None,
+                   help='cases to run, comma separated (P1 and P2 run together; default '
+                        'P1-P6, with --rtt W1-W7); the S3 cases S1,S2,S3 run only when named')
+    p.add_argument('--rtt', type=float, default=None, metavar='MS',
+                   help='run the WAN cases W1-W7 through a latency proxy with this round-trip '
+                        'time (0: the proxy without delay, for comparison)')
+    p.add_argument('--mbit', type=float, default=None,
+                   help='with --rtt: bandwidth of each direction of the emulated link')
+    p.add_argument('--wan-mib', type=int, default=None,
+                   help='size of the W1/W2 file (default 256; 64 with --quick)')
     p.add_argument('--s3-mib', type=int, default=None,
                    help='size of the S1/S2/S3 file (default 1024; 64 with --quick); the '
                         'object store (moto) holds every upload in memory')
@@ -81,7 +90,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.par_mib = args.par_mib or (16 if args.quick else 64)
     args.s3_mib = args.s3_mib or (64 if args.quick else 1024)
     args.rounds = max(1, args.rounds or (1 if args.quick else 3))
+    if args.only is None:
+        args.only = ','.join(WAN_CASES) if args.rtt is not None else 'P1,P2,P3,P4,P5,P6'
     args.only = {c.strip().upper() for c in args.only.split(',') if c.strip()}
+    args.wan_mib = args.wan_mib or (64 if args.quick else 256)
+    if args.only & set(WAN_CASES) and args.rtt is None:
+        p.error('the W-cases need --rtt MS (0 for the proxy without delay)')
+    if args.mbit is not None and args.rtt is None:
+        p.error('--mbit needs --rtt')
     return args
 
 
@@ -108,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     need = (args.size_mib * 4 + args.parallel * args.par_mib * 3) * MiB
     if args.only & {'S1', 'S2', 'S3'}:
         need += args.s3_mib * 3 * MiB  # the local file, a mount's cache, the cp's spool
+    if args.only & {'W1', 'W2'}:
+        need += args.wan_mib * 3 * MiB  # the local file, a mount's cache, the server's copy
     free = shutil.disk_usage(ctx.workdir).free
     if free < need:
         print(f'bench: {ctx.workdir} has {fmt_bytes(free)} free, needs about {fmt_bytes(need)}',
@@ -117,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     interrupted = False
     meta: dict[str, Any] = {'loadavg_start': loadavg()}
     s3cases = S3Cases(ctx)
+    wancases = WanCases(ctx)
     if meta['loadavg_start'] > 0.5:
         say(f'warning: load average {meta["loadavg_start"]}: other jobs will disturb the figures')
     try:
@@ -182,6 +201,9 @@ def main(argv: list[str] | None = None) -> int:
                 s3cases.s2()
             if 'S3' in args.only:
                 s3cases.s3()
+        if args.only & set(WAN_CASES):
+            wancases.setup(col)
+            wancases.run()
     except KeyboardInterrupt:
         interrupted = True
         say('interrupted: cleaning up')
@@ -193,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
             with contextlib.suppress(Exception):
                 m.stop()
         s3cases.stop()
+        wancases.stop()
+        tidy(ctx)
         if ctx.server and ctx.server.g.proc:
             meta['girder_version'] = (getattr(ctx.server, 'version', None) or {}).get(
                 'release', '?')

@@ -41,6 +41,8 @@ class Mount:
     """A background mount process (girderfs or the peer) with RSS sampling."""
 
     kind = 'mount'
+    api_url: str | None = None  # mount this URL instead of the server's (a proxy's)
+    mount_seconds = 0.0  # how long the mount command took
 
     def __init__(self, ctx: Bench, name: str, cache_size: int) -> None:
         self.ctx = ctx
@@ -172,13 +174,15 @@ class GirderfsMount(Mount):
         # checkout, for before/after figures); the bench itself keeps its own.
         path = getattr(self.ctx.args, 'girderfs_pythonpath', None)
         env = {'PYTHONPATH': path} if path else None
+        t = time.perf_counter()
         try:
-            res = mount_girderfs(self.ctx.server.g.url, self.path, self.cache_dir,
+            res = mount_girderfs(self.api_url or self.ctx.server.g.url, self.path, self.cache_dir,
                                  '--cache-size', str(self.cache_size),
                                  *self.ctx.args.girderfs_arg,
                                  token=self.ctx.server.g.admin_token, timeout=120, env=env)
         except subprocess.TimeoutExpired:
             raise BenchError('girderfs mount: no result after 120 s') from None
+        self.mount_seconds = time.perf_counter() - t
         if res.returncode != 0 or not is_mounted(self.path):
             raise BenchError(f'girderfs mount failed: {(res.stderr or res.stdout).strip()}')
 

@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import s3
+from . import s3, wan
 from .common import PAGE_SIZE, MiB, fmt_bytes
 from .mounts import PEER_PACKAGE
 
@@ -253,6 +253,7 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
                          f'{meta.get("loadavg_end")} at the end): the figures are disturbed; '
                          'rerun on a quiet machine')
     lines.extend(s3.report_lines(ctx, verdicts))
+    lines.extend(wan.report_lines(ctx))
     if ctx.notes:
         lines.append('')
         lines.extend(f'note: {n}' for n in ctx.notes)
