@@ -182,6 +182,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache_size=args.cache_size, block_size=args.block_size, attr_timeout=args.attr_timeout,
         item_check=args.item_check, read_only=args.read_only,
         upload_chunk_size=args.upload_chunk_size, s3_direct=args.s3_direct,
+        write_back=args.write_back,
         read_ahead=args.read_ahead, hooks=hooks,
         fuse_options=args.fuse_options, user=(client.user or {}).get('login') or 'anonymous',
         version=version)

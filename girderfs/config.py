@@ -27,6 +27,7 @@ VALUE_FLAGS = {
     'attr_timeout': '--attr-timeout', 'log_level': '--log-level', 'log_file': '--log-file',
     'ca_bundle': '--ca-bundle', 'timeout': '--timeout', 'item_check': '--item-check',
     'upload_chunk_size': '--upload-chunk-size', 'read_ahead': '--read-ahead',
+    'write_back': '--write-back',
 }
 # mount(8) options that are for mount itself, not for the filesystem
 MOUNT_ONLY = {'defaults', 'auto', 'noauto', 'user', 'users', 'nouser', 'owner', 'group',

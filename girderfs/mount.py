@@ -58,6 +58,7 @@ class MountConfig:
     read_only: bool = False
     upload_chunk_size: int = 64 * MiB
     s3_direct: str = 'auto'  # auto | always | never
+    write_back: float | None = None  # seconds after close() an upload starts (None: at close)
     read_ahead: int | None = None
     hooks: list[tuple[str, str]] = field(default_factory=list)
     fuse_options: list[str] = field(default_factory=list)  # -o groups, comma separated
@@ -122,7 +123,7 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     writer = replacer = unlinked = None
     if not config.read_only:
         writer = Writer(remote, config.cache_dir, chunk_size=config.upload_chunk_size,
-                        s3_direct=config.s3_direct)
+                        s3_direct=config.s3_direct, write_back=config.write_back)
         replacer = Replacer(client, config.cache_dir)
         unlinked = Unlinked(client, config.cache_dir)
     view = View(ns, reader, writer, replacer, LocalTimes(config.cache_dir), unlinked)

@@ -257,7 +257,7 @@ class GirderOperations(mfusepy.Operations):
             try:
                 if handle.writable and not handle.flushed and handle.dirty.modified:
                     # Closed without a flush: libfuse's mknod(S_IFREG) is create + release.
-                    self.writer.flush(handle.dirty)
+                    self.writer.closed(handle.dirty)
             finally:
                 self.writer.release(handle.dirty)
         return 0
@@ -311,7 +311,7 @@ class GirderOperations(mfusepy.Operations):
         # file another process is still writing nor fail because an upload did.
         if handle.dirty is not None and handle.writable:
             handle.flushed = True
-            self.writer.flush(handle.dirty)
+            self.writer.closed(handle.dirty)
         return 0
 
     @fuse_op

@@ -71,6 +71,10 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> set[str]:
     m.add_argument('--s3-direct', choices=('auto', 'always', 'never'), default='auto',
                    help='uploads to an S3 assetstore go straight to the object store (auto: '
                         'unless it cannot be reached from here; default auto)')
+    m.add_argument('--write-back', type=float, default=None, metavar='SECONDS',
+                   help='close() returns at once and the upload starts SECONDS later in the '
+                        'background, several in parallel (default: close returns when the '
+                        'server has the file; see README "Write-back")')
     m.add_argument('--cache-dir', default=None, help='block cache and logs (default: %(default)s)')
     m.add_argument('--cache-size', type=parse_size, default=parse_size('10G'),
                    help='bound of the block cache, LRU (default 10G)')

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from .errors import GirderFSError
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 MiB = 1 << 20
 MIN_CHUNK = 5 * MiB  # Girder's default core.upload_minimum_chunk_size
+WRITE_BACK_UPLOADS = 8  # uploads in parallel with --write-back
 # A rewrite at least this large whose bytes the server already has is not sent again; below it
 # sending costs about what checking does (a request, and the spool's sha512).
 SKIP_UNCHANGED_MIN = 1 * MiB
@@ -83,7 +85,8 @@ class Writer:
 
     def __init__(self, remote: Remote, cache_dir: str, *, chunk_size: int = 64 * MiB,
                  on_uploaded: Callable[[PendingFile, dict], None] | None = None,
-                 retry_interval: float = 30.0, s3_direct: str = 'auto') -> None:
+                 retry_interval: float = 30.0, s3_direct: str = 'auto',
+                 write_back: float | None = None) -> None:
         self.remote = remote
         if chunk_size < MIN_CHUNK:
             # Girder answers 400 "Chunk is smaller than the minimum size" to every chunk but
@@ -95,6 +98,15 @@ class Writer:
         # 'auto': straight to the object store, through Girder once it proved unreachable;
         # 'always': straight, or fail; 'never': through Girder.
         self.s3_direct = s3_direct
+        # --write-back: close() makes the spool durable and returns; the upload starts this
+        # many seconds after the last close, on WRITE_BACK_UPLOADS threads (None: at close).
+        self.write_back = write_back
+        self._due: dict[str, tuple[float, PendingFile]] = {}  # entry -> (when, file)
+        self._due_wake = threading.Event()
+        self._due_thread: threading.Thread | None = None
+        self._uploads = ThreadPoolExecutor(WRITE_BACK_UPLOADS,
+                                           thread_name_prefix='girderfs-upload') \
+            if write_back is not None else None
         self.on_uploaded = on_uploaded
         self.retry_interval = retry_interval
         self.spool_dir = os.path.join(cache_dir, 'spool')
@@ -243,6 +255,47 @@ class Writer:
                 d.error = exc.reason
                 self._ensure_retry_thread()
                 raise
+
+    def closed(self, d: PendingFile) -> None:
+        """close() of a handle that wrote: upload now (close returns when the server has the
+        file), or with --write-back make the spool durable and upload it later."""
+        if self.write_back is None:
+            return self.flush(d)
+        with d.lock:
+            if not d.modified or d.deleted:
+                return
+            os.fsync(d.fd)  # (its journal entry was written at the first change)
+        with self._lock:
+            self._due[d.entry] = (time.monotonic() + self.write_back, d)
+            if self._due_thread is None or not self._due_thread.is_alive():
+                self._due_thread = threading.Thread(target=self._write_back_loop,
+                                                    name='girderfs-write-back', daemon=True)
+                self._due_thread.start()
+        self._due_wake.set()
+
+    def _write_back_loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            with self._lock:
+                ready = [d for when, d in self._due.values() if when <= now]
+                for d in ready:
+                    del self._due[d.entry]
+                wait = min((when for when, _ in self._due.values()), default=now + 60) - now
+            for d in ready:
+                try:
+                    self._uploads.submit(self._upload_later, d)
+                except RuntimeError:  # shut down: the journal has it for the next mount
+                    return
+            self._due_wake.wait(max(0.01, wait))
+            self._due_wake.clear()
+
+    def _upload_later(self, d: PendingFile) -> None:
+        try:
+            self.flush(d)
+        except GirderFSError:
+            pass  # logged, kept in the spool, retried by the retry thread
+        except OSError as exc:
+            log.error('upload of %s: %s (kept in the spool)', d.path, exc)
 
     def release(self, d: PendingFile) -> None:
         """A handle closed; forget the file once nothing is open and the server has it."""
@@ -755,6 +808,9 @@ class Writer:
     def close(self) -> None:
         self._stop.set()
         self._wake.set()
+        self._due_wake.set()
+        if self._uploads is not None:
+            self._uploads.shutdown(wait=False, cancel_futures=True)
         for d in self.pending():
             with d.lock:
                 if d.fd >= 0:

@@ -408,9 +408,18 @@ class WanCases:
             r['items'] = count('up-client')
             r['entries_ok'] = r['items'] == SMALL_FILES
 
+        def cp_until_on_server(dest: str) -> dict:
+            # (With --write-back, cp returns before the uploads end: the time is until the
+            # server has every file.)
+            self.cp(src, dest)
+            deadline = time.monotonic() + self.ctx.args.timeout
+            while count('up-girderfs') < SMALL_FILES and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return {}
+
         def on_mount(m: Mount) -> None:
             dest = self.mount_folder(m, 'up-girderfs')
-            r = self.measure('W6', 'girderfs', m, lambda: self.cp(src, dest))
+            r = self.measure('W6', 'girderfs', m, lambda: cp_until_on_server(dest))
             if 'error' not in r:
                 r['items'] = count('up-girderfs')
                 r['entries_ok'] = r['items'] == SMALL_FILES
