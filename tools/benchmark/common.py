@@ -102,3 +102,13 @@ def fmt_bytes(n: int | None) -> str:
     if n is None:
         return '-'
     return f'{n / MiB:.0f} MiB' if n < 10 * GiB else f'{n / GiB:.1f} GiB'
+
+
+def text_table(head: list, rows: list[list]) -> list[str]:
+    """Lines of a plain-text table: the head, a rule, the rows; columns padded to fit."""
+    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
+
+    def fmt_row(r: list) -> str:
+        return '  '.join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
+
+    return [fmt_row(head), '  '.join('-' * w for w in widths), *(fmt_row(r) for r in rows)]

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import s3, wan
-from .common import PAGE_SIZE, MiB, fmt_bytes
+from .common import PAGE_SIZE, MiB, fmt_bytes, text_table
 from .mounts import PEER_PACKAGE
 
 if TYPE_CHECKING:
@@ -204,14 +204,7 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
 
     rows.append(['peak RSS of the mount (VmHWM)', rss_cell('girderfs'),
                  rss_cell('peer') if peer else '-', '-', '', '', '<= 150 MiB', verdict('RSS')])
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-
-    def fmt_row(r: list) -> str:
-        return '  '.join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-
-    lines.append(fmt_row(head))
-    lines.append('  '.join('-' * w for w in widths))
-    lines.extend(fmt_row(r) for r in rows)
+    lines.extend(text_table(head, rows))
     lines.append('')
     lines.append('gfs/base, peer/base: the system\'s figure over the baseline\'s (MB/s: higher is '
                  'better; ms: lower is better). BAD: bytes or entries wrong.')

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import requests
 
 from . import motorange
-from .common import BenchError, MiB, bounded, fmt_res, latency, mbps, run_cmd, say
+from .common import BenchError, MiB, bounded, fmt_res, latency, mbps, run_cmd, say, text_table
 from .data import make_local_file, upload_local_file, wait_sha512
 from .probes import Probe, proc_cpu, proc_status_kib
 
@@ -501,14 +501,7 @@ def report_lines(ctx: Bench, verdicts: dict) -> list[str]:
                      f"{g3.get('vm_hwm_max_mib', g3.get('vm_hwm_mib', '-'))} MiB", '', '',
                      '<= 150 MiB',
                      verdict('S-RSS')])
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-
-    def fmt_row(r: list) -> str:
-        return '  '.join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-
-    lines.append(fmt_row(head))
-    lines.append('  '.join('-' * w for w in widths))
-    lines.extend(fmt_row(r) for r in rows)
+    lines.extend(text_table(head, rows))
     lines.append('Girder req: requests in Girder\'s access log during the step; object-store req: '
                  'those of the system measured (mount, curl, direct GETs) at the proxy (with '
                  '--s3-process: as moto recorded them); '

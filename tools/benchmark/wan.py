@@ -36,7 +36,7 @@ import requests
 
 from testsupport.latency import ProxyProcess
 
-from .common import BenchError, MiB, bounded, run_cmd, say
+from .common import BenchError, MiB, bounded, run_cmd, say, text_table
 from .data import make_local_file, seed_items, upload_local_file, wait_sha512
 from .mounts import GirderfsMount
 from .probes import Probe, proc_cpu
@@ -531,14 +531,7 @@ def report_lines(ctx: Bench) -> list[str]:
         if case == 'W7' and g and 'error' not in g:
             gfs_s += f" (mount {g.get('mount_seconds'):.2f})"
         rows.append([labels[case], BASELINES[case], base_s, gfs_s, ratio, rtts, reqs, kinds])
-    widths = [max(len(str(r[i])) for r in rows + [head]) for i in range(len(head))]
-
-    def fmt_row(r: list) -> str:
-        return '  '.join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-
-    lines.append(fmt_row(head))
-    lines.append('  '.join('-' * w for w in widths))
-    lines.extend(fmt_row(r) for r in rows)
+    lines.extend(text_table(head, rows))
     lines.append('gfs/base: girderfs seconds over the baseline\'s (lower is better). RTTs: '
                  'seconds / RTT. requests: base = seen by the server, gfs = sent by the mount '
                  '(its status file); W7: all the server saw, the mount command\'s own '
