@@ -357,9 +357,8 @@ class View:
             PendingFile | None, Node | None, RemoteFile | None]:
         """What a new handle on ``path`` works on: (local changes, or None if it only reads;
         the server's node if it only reads; the server's file, if there is one)."""
-        d = self.pending(path)
+        d = self.writer.attach(path) if self.writer else None
         if d is not None:  # another handle on the changes under way
-            self.writer.attach(d)
             if truncate:
                 self.writer.truncate(d, 0)
             return d, None, None
@@ -426,9 +425,8 @@ class View:
             if existing is not None:
                 return None
             check_new_name(name)
-        d = self.writer.get(path)
+        d = self.writer.attach(path)
         if d is not None:
-            self.writer.attach(d)
             return d
         return self.writer.start(path, parent_kind, parent.id, name)
 

@@ -196,9 +196,23 @@ class Writer:
             d.lock.release()
         return d
 
-    def attach(self, d: PendingFile) -> None:
+    def attach(self, path: str) -> PendingFile | None:
+        """A new handle on the changes at ``path``, if any: looked up and counted in one step,
+        so a last release cannot forget them in between (the handle would find no spool)."""
         with self._lock:
-            d.handles += 1
+            d = self._table.get(path)
+            if d is not None:
+                d.handles += 1
+            return d
+
+    def _unpublish_if_unused(self, d: PendingFile) -> bool:
+        """(Under _lock) Take ``d`` out of the table if no handle has it and the server has its
+        content; from then on nobody can attach to it, and it may be forgotten."""
+        if d.handles or d.modified:
+            return False
+        if self._table.get(d.path) is d:
+            del self._table[d.path]
+        return True
 
     # --- data -----------------------------------------------------------------------------
     def write(self, d: PendingFile, data: bytes, offset: int | None) -> int:
@@ -301,7 +315,7 @@ class Writer:
         """A handle closed; forget the file once nothing is open and the server has it."""
         with self._lock:
             d.handles = max(0, d.handles - 1)
-            done = d.handles == 0 and not d.modified
+            done = self._unpublish_if_unused(d)
         if done:
             self._forget(d)
 
@@ -723,7 +737,7 @@ class Writer:
             self.on_uploaded(d, file_doc)  # still shows whether the file is new (file_id None)
         d.file_id = file_doc.get('_id', d.file_id)
         with self._lock:
-            closed = d.handles == 0
+            closed = self._unpublish_if_unused(d)
         if closed:
             self._forget(d)
         else:
