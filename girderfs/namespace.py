@@ -263,7 +263,11 @@ class Namespace:
         return listing
 
     def invalidate(self, kind: str, ident: str | None) -> None:
-        """Forget the cached listing of a directory (and an item's files) after a change."""
+        """Forget the cached listing of a directory (and an item's files) after a change.
+
+        Drop an item's files before its folder's listing: a listing fetched in between takes
+        the item's files from the cache and would keep the old ones (its own drop comes after
+        and cannot tell), showing the old size until it expires."""
         self._listings.pop((kind, ident))
         if kind == Kind.ITEM:
             self._files.pop(ident)
@@ -404,8 +408,8 @@ class Namespace:
             raise GirderFSError(errno.EPERM, f'cannot delete a {kind}')
         self.client.request('DELETE', f'{kind}/{node.id}', kind='change')
         self._will_shrink(parent)
-        self.invalidate(parent.kind, parent.id)
         self.invalidate(kind, node.id)
+        self.invalidate(parent.kind, parent.id)
 
     def rename(self, src_parent: Node, node: Node, dst_parent: Node, name: str) -> None:
         """Rename/move ``node``; EXDEV where Girder cannot move it (mv then copies)."""
@@ -459,7 +463,7 @@ class Namespace:
         else:
             raise GirderFSError(errno.EPERM, f'cannot move a {kind} into a {dst_parent.kind}')
         self._will_shrink(src_parent)
-        for n in (src_parent, dst_parent, node):
+        for n in (node, src_parent, dst_parent):  # (an item before its folder: see invalidate)
             self.invalidate(n.kind, n.id)
 
     def keep_single_file(self, item_id: str, file_id: str, for_seconds: float) -> None:
@@ -494,8 +498,8 @@ class Namespace:
         """This mount removed item ``item_id`` from folder ``folder_id`` by other means."""
         parent = Node(Kind.FOLDER, folder_id, '')
         self._will_shrink(parent)
-        self.invalidate(Kind.FOLDER, folder_id)
         self.invalidate(Kind.ITEM, item_id)
+        self.invalidate(Kind.FOLDER, folder_id)
 
     def _will_shrink(self, parent: Node) -> None:
         """``parent``'s next listing has fewer entries because of this mount."""
@@ -514,7 +518,7 @@ class Namespace:
         except GirderFSError as exc:
             log.error('rename of item %s failed half way and could not be undone: %s',
                       node.id, exc.reason)
-        for n in (src_parent, node):
+        for n in (node, src_parent):
             self.invalidate(n.kind, n.id)
 
     def set_mtime(self, node: Node, when: int | str | None) -> bool:

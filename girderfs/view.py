@@ -607,8 +607,8 @@ class View:
         """A replacement is done (Replacer.on_done: also one finished later)."""
         self.ns.keep_single_file(r.dst_item, r.old_file, MOVE_GRACE)
         self.ns.entry_removed(r.src_folder, r.src_item)
+        self.ns.invalidate(Kind.ITEM, r.dst_item)  # (before its folder: see invalidate)
         self.ns.invalidate(Kind.FOLDER, r.dst_folder)
-        self.ns.invalidate(Kind.ITEM, r.dst_item)
         if self.times is not None:
             self.times.forget(item_id=r.src_item)
             self.times.forget(file_id=r.old_file)
@@ -645,14 +645,15 @@ class View:
         # time or metadata set after the upload) makes the folder be read again.
         patch = d.parent_kind == Kind.FOLDER and item_id and d.file_id is None \
             and not d.set_mtime_ns and not d.pending_meta
-        if not patch:
-            self.ns.invalidate(d.parent_kind, d.parent_id)
         if d.file_id is not None:
             self.reader.replaced(file_doc)  # handles opened before now read the new content
             if d.parent_kind == Kind.FOLDER and item_id and not d.set_mtime_ns:
                 self.ns.touch_item(item_id)  # new content: its mtime moves forward
-        if item_id:
+        if item_id:  # (an item's files before its folder's listing: see Namespace.invalidate)
             self.ns.invalidate(Kind.ITEM, item_id)
+        if not patch:
+            self.ns.invalidate(d.parent_kind, d.parent_id)
+        if item_id:
             self.ns.alias_inode((Kind.ITEM if d.parent_kind == Kind.FOLDER else Kind.FILE,
                                  item_id if d.parent_kind == Kind.FOLDER else file_doc['_id']),
                                 self.ns.inode_for(('dirty', d.entry)))
