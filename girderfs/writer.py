@@ -98,6 +98,10 @@ class Writer:
         # 'auto': straight to the object store, through Girder once it proved unreachable;
         # 'always': straight, or fail; 'never': through Girder.
         self.s3_direct = s3_direct
+        # Whether uploads here go to an assetstore that takes a small file in the body of POST
+        # file: known from the first upload's answer (None: not yet). Girder's S3 assetstore
+        # does, but the file it makes has no s3Key, and every later rename of it fails (500).
+        self.body_uploads: bool | None = None
         # --write-back: close() makes the spool durable and returns; the upload starts this
         # many seconds after the last close, on WRITE_BACK_UPLOADS threads (None: at close).
         self.write_back = write_back
@@ -620,13 +624,13 @@ class Writer:
         """Start an upload; None if the server already has the file."""
         if d.file_id:
             return self.remote.replace_contents(d.file_id, size)
-        # (Through Girder to an S3 assetstore too: one request beats three for a small file,
-        # unless the user asked for the object store always.)
-        whole = 0 < size <= ONE_REQUEST_MAX and self.s3_direct != 'always'
+        whole = 0 < size <= ONE_REQUEST_MAX and self.body_uploads is True
         if size and not whole:
             # Sent twice, it makes a second upload record that is never finished: harmless.
-            return self.remote.begin_upload(d.parent_kind, d.parent_id, d.name, size,
-                                            repeatable=True)
+            up = self.remote.begin_upload(d.parent_kind, d.parent_id, d.name, size,
+                                          repeatable=True)
+            self.body_uploads = up.get('behavior') != 's3' and self.body_uploads is not False
+            return up
         # An empty file, or a small one sent whole, is made at once, so a lost answer must not
         # make two: before sending it again, look whether the first one made it (the client
         # resends only what was proven not applied, retry.py).
