@@ -442,8 +442,7 @@ class Namespace:
                     name = node.doc.get('name', name)  # moved only: it keeps its raw name
                 if single is not None and single.get('name') != name:
                     # Keep "one file named like its item", so it still shows as a file.
-                    c.request('PUT', f'file/{single["_id"]}', kind='change',
-                              params={'name': name})
+                    rename_file(c, single, name)
             except GirderFSError:
                 # Half done (the item renamed, its file not) would leave a directory where the
                 # file was: put both back as they were before reporting the failure.
@@ -455,7 +454,7 @@ class Namespace:
                     self.keep_single_file(node.id, single['_id'], MOVE_GRACE)
             self.set_mtime(node, node.doc.get('updated'))  # a rename keeps the mtime
         elif kind == Kind.FILE and dst_parent.kind == Kind.ITEM and dst_parent.id == src_parent.id:
-            c.request('PUT', f'file/{node.id}', kind='change', params={'name': name})
+            rename_file(c, node.doc, name)
         elif kind == Kind.COLLECTION and dst_parent.kind == Kind.COLLECTIONS:
             c.request('PUT', f'collection/{node.id}', kind='change', params={'name': name})
         elif kind in (Kind.FILE, Kind.ITEM):
@@ -656,6 +655,29 @@ class Namespace:
     def close(self) -> None:
         self._ahead.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def rename_file(client: GirderClient, doc: dict, name: str) -> dict:
+    """Rename a Girder file; its new document.
+
+    Girder's S3 assetstore answers 500 to every rename of an empty file (it keeps no object
+    key for one, and looks it up): an empty file is made anew under the name instead.
+    """
+    try:
+        return client.request('PUT', f'file/{doc["_id"]}', kind='change', params={'name': name})
+    except GirderFSError as exc:
+        if exc.http_status != 500 or int(doc.get('size') or 0) != 0 or not doc.get('itemId'):
+            raise
+    new = client.request('POST', 'file', kind='change', repeatable=False, params={
+        'parentType': 'item', 'parentId': doc['itemId'], 'name': name, 'size': 0})
+    try:
+        client.request('DELETE', f'file/{doc["_id"]}', kind='change')
+    except GirderFSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+    log.info('empty file %s made anew as %s to rename it (Girder could not rename it)',
+             doc['_id'], new.get('_id'))
+    return new
 
 
 def stamped(doc: dict, when: float) -> dict:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from .cache import content_stamp
 from .client import GirderClient
 from .errors import GirderFSError
+from .namespace import rename_file
 from .util import write_durably
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,8 @@ class Replacer:
             r.new_file = self._copy(r)['_id']
             self._save(r)
         self._delete('file', r.old_file)
-        doc = self.client.request('PUT', f'file/{r.new_file}', kind='change',
-                                  params={'name': r.name})
+        doc = rename_file(self.client, {'_id': r.new_file, 'size': r.size,
+                                        'itemId': r.dst_item}, r.name)
         self._delete('item', r.src_item)
         self._drop(r)
         if self.on_done is not None:

@@ -250,6 +250,24 @@ def test_writing_back_old_bytes_is_sent_despite_the_stale_sha512(girder, mount, 
     assert sha256(server_bytes(girder, g)) == sha256(first)
 
 
+def test_an_empty_file_on_s3_can_be_renamed_and_replaced(girder, mount, s3_area, on_s3):
+    """Girder's S3 assetstore answers 500 to a rename of an empty file (no object key): the
+    mount makes it anew under the name instead."""
+    folder, gp = s3_area
+    m = mount()
+    top = mpath(m, gp)
+    (top / 'empty.txt').write_bytes(b'')
+    os.rename(top / 'empty.txt', top / 'renamed.txt')
+    (top / 'full.txt').write_bytes(b'content')
+    (top / 'blank.tmp').write_bytes(b'')
+    os.replace(top / 'blank.tmp', top / 'full.txt')  # an empty file saved over a file
+    assert sorted(os.listdir(top)) == ['full.txt', 'renamed.txt']
+    for name in ('renamed.txt', 'full.txt'):
+        f = server_file(girder, f'{gp}/{name}')
+        assert (f['name'], f['size']) == (name, 0)
+        assert (top / name).read_bytes() == b''
+
+
 def test_s3_direct_never_sends_through_girder(girder, mount, s3_area, on_s3):
     folder, gp = s3_area
     m = mount('--s3-direct', 'never')
