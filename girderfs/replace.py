@@ -25,7 +25,7 @@ from .cache import content_stamp
 from .client import GirderClient
 from .errors import GirderFSError
 from .namespace import rename_file
-from .util import write_durably
+from .util import journal_entries, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -118,16 +118,11 @@ class Replacer:
     def pending(self) -> list[Replacement]:
         """Replacements of this server the journal holds (unfinished)."""
         found = []
-        for name in sorted(os.listdir(self.dir)):
-            if not name.endswith('.json'):
-                continue
+        for name, doc in journal_entries(self.dir, self.client.api_url):
+            doc.pop('api_url')
             try:
-                with open(os.path.join(self.dir, name), encoding='utf-8') as fh:
-                    doc = json.load(fh)
-                if doc.pop('api_url', None) != self.client.api_url:
-                    continue
                 found.append(Replacement(**doc))
-            except (OSError, ValueError, TypeError) as exc:
+            except TypeError as exc:
                 log.error('unreadable replace journal entry %s: %s (left in place)', name, exc)
         return found
 

@@ -16,7 +16,7 @@ import os
 
 from .client import GirderClient
 from .errors import GirderFSError
-from .util import write_durably
+from .util import journal_entries, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +49,8 @@ class Unlinked:
     def recover(self) -> int:
         """Delete what an earlier mount left under a hidden name; how many it deleted."""
         deleted = 0
-        for name in sorted(os.listdir(self.dir)):
-            if not name.endswith('.json'):
-                continue
+        for name, rec in journal_entries(self.dir, self.client.api_url):
             try:
-                with open(os.path.join(self.dir, name), encoding='utf-8') as fh:
-                    rec = json.load(fh)
-                if rec.get('api_url') != self.client.api_url:
-                    continue
                 doc = self.client.get(f'{rec["kind"]}/{rec["id"]}')
                 # Only if it still has the hidden name: someone may have renamed it back.
                 if doc.get('name') == rec['name']:
@@ -67,8 +61,8 @@ class Unlinked:
                     log.error('could not delete %s left open by an earlier mount: %s (will '
                               'retry at the next mount)', name, exc.reason)
                     continue
-            except (OSError, ValueError, KeyError) as exc:
-                log.error('unreadable record %s: %s (left in place)', name, exc)
+            except KeyError as exc:
+                log.error('unreadable record %s: no %s (left in place)', name, exc)
                 continue
             self.done(name[:-5])
         if deleted:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Generic, TypeVar
 
 from cachetools import TLRUCache
 
 V = TypeVar('V')
+log = logging.getLogger(__name__)
 
 
 class LockedTTLCache(Generic[V]):
@@ -188,6 +191,22 @@ def write_durably(path: str, data: bytes) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def journal_entries(directory: str, api_url: str) -> Iterator[tuple[str, dict]]:
+    """(file name, document) of each ``*.json`` entry in ``directory`` written for the server
+    ``api_url`` (write_durably), in name order; an unreadable one is logged and left in place."""
+    for name in sorted(os.listdir(directory)):
+        if not name.endswith('.json'):
+            continue
+        try:
+            with open(os.path.join(directory, name), encoding='utf-8') as fh:
+                doc = json.load(fh)
+        except (OSError, ValueError) as exc:
+            log.error('unreadable journal entry %s: %s (left in place)', name, exc)
+            continue
+        if isinstance(doc, dict) and doc.get('api_url') == api_url:
+            yield name, doc
 
 
 class Counter:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from .errors import GirderFSError
 from .kinds import Kind
 from .remote import ObjectStoreUnreachable, Remote
-from .util import write_durably
+from .util import journal_entries, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -752,17 +752,7 @@ class Writer:
     def recover(self) -> list[PendingFile]:
         """Load this server's journal entries left by an earlier mount; they upload later."""
         found = []
-        for name in sorted(os.listdir(self.journal_dir)):
-            if not name.endswith('.json'):
-                continue
-            try:
-                with open(os.path.join(self.journal_dir, name), encoding='utf-8') as fh:
-                    doc = json.load(fh)
-            except (OSError, ValueError) as exc:
-                log.error('unreadable journal entry %s: %s (left in place)', name, exc)
-                continue
-            if doc.get('api_url') != self.remote.api_url:
-                continue
+        for name, doc in journal_entries(self.journal_dir, self.remote.api_url):
             d = PendingFile(doc['entry'], doc['path'], doc['parent_kind'], doc['parent_id'],
                       doc['name'], doc.get('file_id'), modified=bool(doc.get('modified')),
                       upload_id=doc.get('upload_id'), mtime_ns=doc.get('mtime_ns') or 0,
