@@ -94,6 +94,7 @@ class Layers:
                 'unchanged_skips': w.unchanged_skips if w else 0,
                 'pending_uploads': w.progress() if w else [],
                 'auth': self.client.auth.status(), 'health': self.client.health(),
+                'fuse_calls': self.ops.calls.snapshot(),
                 **self.hooks.status()}
 
     def status_file(self) -> bytes:

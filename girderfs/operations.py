@@ -17,14 +17,16 @@ from .errors import GirderFSError
 from .fuselib import LateClose, configure, mfusepy, reply_buffers
 from .namespace import Node
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
-from .util import Counter
-from .view import STATUS_PATH, View, split
+from .util import Counter, Tally
+from .view import FUSE_HIDDEN, STATUS_PATH, View, join, split
 from .writer import PendingFile, Writer
 
 log = logging.getLogger(__name__)
 
 F = TypeVar('F', bound=Callable[..., Any])
-FUSE_HIDDEN = '.fuse_hidden'  # libfuse renames an unlinked open file to .fuse_hiddenXXXX
+# Entries computed per readdir call: a reply holds ~25-200 (a page to a getdents buffer); the
+# full stat of those past the reply's end is computed again by the next call.
+DIR_CHUNK = 128
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # Calls on open files, which work while the credentials are refused (see fuse_op).
@@ -39,10 +41,12 @@ def fuse_op(func: F) -> F:
     local data stays readable and writable, and a close that must upload fails and keeps the
     data in the journal.
     """
-    gated = func.__name__ not in ON_OPEN_FILES
+    name = func.__name__
+    gated = name not in ON_OPEN_FILES
 
     @functools.wraps(func)
     def wrapper(self, path, *args, **kwargs):
+        self.calls.add(name)
         try:
             if gated and path is not None and path != STATUS_PATH:
                 self.credentials.check()
@@ -121,6 +125,9 @@ class GirderOperations(mfusepy.Operations):
         self._handles: dict[int, Handle] = {}
         self._handles_lock = threading.Lock()
         self._fh = Counter()
+        self.calls = Tally()  # FUSE calls by operation, for the status file
+        self._dirs: dict[int, list] = {}  # open directory handle -> its listing (readdir_chunk)
+        self._dirs_lock = threading.Lock()
         self._last_key: dict[int, str] = {}  # inode -> content key at its last open
         self.status_file: Callable[[], bytes] | None = None  # its content (set by mount.build)
         self.on_init = on_init  # called once libfuse has started (the mount answers soon)
@@ -160,6 +167,34 @@ class GirderOperations(mfusepy.Operations):
     @fuse_op
     def readdir(self, path: str, fh: int) -> list:
         return self.view.listing(path)
+
+    @fuse_op
+    def opendir(self, path: str) -> int:
+        return self._fh.next()
+
+    def releasedir(self, path: str | None, fh: int) -> int:
+        with self._dirs_lock:
+            self._dirs.pop(fh, None)
+        return 0
+
+    @fuse_op
+    def readdir_chunk(self, path: str, fh: int, offset: int, plus: bool) -> list:
+        """Up to DIR_CHUNK (name, attrs, full) entries of the directory open as ``fh`` from
+        position ``offset`` (see ``fuselib.FUSE.readdir_fuse_3``); with ``plus``, attrs is
+        the full stat where it is known (full=True). Position 0, also after rewinddir, takes
+        a new listing; later positions read the one taken then, so they stay stable."""
+        with self._dirs_lock:
+            entries = self._dirs.get(fh) if offset else None
+        if entries is None:
+            entries = self.view.listing(path, nodes=True)
+            with self._dirs_lock:
+                self._dirs[fh] = entries
+        out = []
+        for name, attrs, node in entries[offset:offset + DIR_CHUNK]:
+            full = self.view.listed_attr(join(path, name), node) \
+                if plus and node is not None else None
+            out.append((name, full or attrs, full is not None))
+        return out
 
     @fuse_op
     def statfs(self, path: str) -> dict:

@@ -209,6 +209,22 @@ def journal_entries(directory: str, api_url: str) -> Iterator[tuple[str, dict]]:
             yield name, doc
 
 
+class Tally:
+    """Thread-safe counts by key."""
+
+    def __init__(self) -> None:
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def add(self, key: str) -> None:
+        with self._lock:
+            self._counts[key] = self._counts.get(key, 0) + 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
 class Counter:
     """A thread-safe integer counter."""
 
