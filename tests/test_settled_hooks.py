@@ -11,7 +11,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-from conftest import girder_time_ns, is_mounted, run_girderfs, unique
+from conftest import assert_one_line_error, girder_time_ns, is_mounted, run_girderfs, unique
 from test_everyday import file_bytes, wait_for
 
 FILES = {'video.mp4': b'\0' * 300_000, 'annotations.json': b'{"tracks": []}\n',
@@ -124,3 +124,17 @@ def test_unmount_calls_pending_settled_hooks_at_once(girder, tree, mount, tmp_pa
     assert wait_for(lambda: len(items_in(girder, sink)) == 2, 60)
     assert sorted(i['name'] for i in items_in(girder, sink)) == \
         [late['_id'], f'{late["_id"]} (1)']
+
+
+@pytest.mark.parametrize('args, fragment', [
+    (['--on-folder-settled', 'POST file/{fileId}/x'], '{fileId} cannot be filled'),
+    (['--on-item-settled', 'PUT folder/{folderid}'], '{folderid} cannot be filled'),
+    (['--settle', '-1'], '--settle'),
+])
+def test_a_bad_settled_hook_is_a_one_line_error(girder, tmp_path, args, fragment):
+    point = tmp_path / 'mp'
+    point.mkdir()
+    res = run_girderfs('mount', girder.url, str(point), '--cache-dir', str(tmp_path / 'c'),
+                       *args)
+    assert_one_line_error(res, fragment)
+    assert not is_mounted(point)
