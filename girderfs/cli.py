@@ -151,7 +151,7 @@ def setup_logging(level: str, log_file: str | None) -> None:
 # --- mount -------------------------------------------------------------------------------
 def cmd_mount(args: argparse.Namespace) -> int:
     from .client import GirderClient
-    from .hooks import parse_hook
+    from .hooks import FOLDER_FIELDS, ITEM_FIELDS, parse_hook
     from .mount import MountConfig
     from .namespace import root_node
 
@@ -159,8 +159,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     setup_logging(args.log_level if args.foreground else 'WARNING', None)
     try:
         hooks = [parse_hook(h) for h in args.on_upload]
+        folder_hooks = [parse_hook(h, '--on-folder-settled', FOLDER_FIELDS)
+                        for h in args.on_folder_settled]
+        item_hooks = [parse_hook(h, '--on-item-settled', ITEM_FIELDS)
+                      for h in args.on_item_settled]
     except ValueError as exc:
         raise CliError(str(exc)) from None
+    if not 0 <= args.settle < 1e6:  # (also refuses nan and inf)
+        raise CliError(f'--settle wants seconds (0 or more), got {args.settle}')
     mountpoint = check_mountpoint(args.mountpoint)
     verify = args.ca_bundle or True
     client = GirderClient(args.api_url, read_timeout=args.timeout, verify=verify)
@@ -183,7 +189,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         item_check=args.item_check, read_only=args.read_only,
         upload_chunk_size=args.upload_chunk_size, s3_direct=args.s3_direct,
         write_back=args.write_back,
-        read_ahead=args.read_ahead, hooks=hooks,
+        read_ahead=args.read_ahead, hooks=hooks, folder_hooks=folder_hooks,
+        item_hooks=item_hooks, settle=args.settle,
         fuse_options=args.fuse_options, user=(client.user or {}).get('login') or 'anonymous',
         version=version)
     client.session.close()  # the mount makes its own client; this one's sockets go now
@@ -267,13 +274,13 @@ def cmd_unmount(args: argparse.Namespace) -> int:
         raise CliError(f'{path} is not mounted')
     if not args.force and path in control.find_mounts():
         try:
-            left, why = control.wait_for_uploads(path, args.timeout)
+            left = control.wait_for_uploads(path, args.timeout)
         except (OSError, ValueError) as exc:
             log.warning('could not read the mount status (%s); unmounting anyway', exc)
-            left, why = [], None
+            left = None
         if left:
-            raise CliError(f'{len(left)} upload(s) pending: {why}; not unmounted (use --force '
-                           f'to unmount and keep them in the journal)')
+            raise CliError(f'{left}; not unmounted (use --force to unmount and keep pending '
+                           f'uploads in the journal)')
         # The program whose close() just waited for the last upload may hold the file a moment
         # longer (the kernel sends RELEASE after close returns): retry "busy" briefly.
         deadline = time.monotonic() + 10

@@ -8,7 +8,8 @@ A profile names a server and its options::
     cache_size = "20G"
     read_only = true
     options = ["allow_other"]
-    on_upload = ["POST dive_rpc/postprocess/{folderId}"]
+    on_folder_settled = ["POST dive_rpc/postprocess/{folderId}"]
+    settle = 2
 
 ``girderfs mount kitware ~/g`` uses it; options given on the command line win.
 """
@@ -27,8 +28,12 @@ VALUE_FLAGS = {
     'attr_timeout': '--attr-timeout', 'log_level': '--log-level', 'log_file': '--log-file',
     'ca_bundle': '--ca-bundle', 'timeout': '--timeout', 'item_check': '--item-check',
     'upload_chunk_size': '--upload-chunk-size', 'read_ahead': '--read-ahead',
-    'write_back': '--write-back',
+    'write_back': '--write-back', 'settle': '--settle',
 }
+# profile key / -o option -> repeatable hook flag ('METHOD ENDPOINT'; a list in a profile,
+# METHOD+ENDPOINT with -o, as a space cannot be written there)
+HOOK_FLAGS = {'on_upload': '--on-upload', 'on_folder_settled': '--on-folder-settled',
+              'on_item_settled': '--on-item-settled'}
 # mount(8) options that are for mount itself, not for the filesystem
 MOUNT_ONLY = {'defaults', 'auto', 'noauto', 'user', 'users', 'nouser', 'owner', 'group',
               '_netdev', 'nofail', 'rw', 'relatime', 'norelatime', 'strictatime'}
@@ -75,9 +80,9 @@ def profile_args(name: str, profile: dict) -> tuple[str, list[str]]:
         elif key == 'options':
             opts = value if isinstance(value, list) else str(value).split(',')
             flags += ['-o', ','.join(str(o) for o in opts)]
-        elif key == 'on_upload':
+        elif key in HOOK_FLAGS:
             for hook in value if isinstance(value, list) else [value]:
-                flags += ['--on-upload', str(hook)]
+                flags += [HOOK_FLAGS[key], str(hook)]
         elif key in VALUE_FLAGS:
             val = os.path.expanduser(str(value)) if key.endswith(('_file', '_dir', 'bundle')) \
                 else str(value)
@@ -154,8 +159,8 @@ def helper_args(argv: list[str]) -> list[str]:
             continue
         elif key == 'foreground':
             out.append('--foreground')
-        elif key == 'on_upload':
-            out += ['--on-upload', value.replace('+', ' ')]
+        elif key in HOOK_FLAGS:
+            out += [HOOK_FLAGS[key], value.replace('+', ' ', 1)]
         elif key in VALUE_FLAGS and eq:
             out += [VALUE_FLAGS[key], value]
         else:

@@ -1,13 +1,16 @@
-"""Talking to running mounts: find them, read their status, wait for their uploads.
+"""Talking to running mounts: find them, read their status, wait for their uploads and
+settled hooks.
 
 The control channel is the hidden file ``MOUNTPOINT/.girderfs-status`` (not listed; mode 0400,
-owned by the mount's owner, and, without ``allow_other``, reachable by that user only).
+owned by the mount's owner, and, without ``allow_other``, reachable by that user only), and two
+signals to the pid it names: SIGHUP (``girderfs refresh``), SIGUSR1 (call the settled hooks now).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 from datetime import datetime
 
@@ -112,6 +115,14 @@ def format_status(mountpoint: str, info: dict) -> str:
     hooks = info.get('hook_failures', [])
     if hooks:
         lines.append(f'  hooks       {len(hooks)} failed: ' + '; '.join(hooks[-3:]))
+    if info.get('settled_hooks'):
+        line = (f'  settled     {info.get("settled_done", 0)} done, '
+                f'{info.get("settled_failed", 0)} failed, {info.get("settled_pending", 0)} '
+                f'folder(s)/item(s) pending')
+        failures = info.get('settled_failures', [])
+        if failures:
+            line += '; last failures: ' + '; '.join(failures[-3:])
+        lines.append(line)
     return '\n'.join(lines)
 
 
@@ -157,19 +168,28 @@ def _until(iso: str) -> str:
     return _duration(left) if left >= 0 else f'-{_duration(-left)}'
 
 
-def wait_for_uploads(mountpoint: str, timeout: float,
-                     poll: float = 0.5) -> tuple[list[dict], str | None]:
-    """Wait until the mount has no pending upload. Return what is still pending and why: at
-    the timeout, or at once while the server refuses the mount's credentials (they cannot
-    complete then)."""
+def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> str | None:
+    """Wait until the mount has no pending upload and no settled hook left to call (once the
+    uploads are done, it is asked, by SIGUSR1, to call those at once rather than wait out
+    ``--settle``). Return None then, else what is still pending and why: at the timeout, or
+    at once while the server refuses the mount's credentials (nothing can complete then)."""
     deadline = time.monotonic() + timeout
     while True:
         info = read_status(mountpoint)
-        pending = info.get('pending_uploads', [])
-        if not pending:
-            return [], None
+        uploads = len(info.get('pending_uploads', []))
+        # (a mount older than settled hooks has no such field: it is never signalled)
+        hooks = info.get('settled_pending', 0)
+        if not uploads and not hooks:
+            return None
+        left = f'{uploads} upload(s) pending' if uploads else \
+            f'settled hooks of {hooks} folder(s)/item(s) pending'
         if (info.get('auth') or {}).get('state') == 'refused':
-            return pending, 'the server refuses the mount\'s credentials'
+            return f'{left}: the server refuses the mount\'s credentials'
         if time.monotonic() >= deadline:
-            return pending, f'still pending after {timeout:.0f} s'
+            return f'{left}: still pending after {timeout:.0f} s'
+        if not uploads:
+            try:
+                os.kill(int(info['pid']), signal.SIGUSR1)  # settle now
+            except (OSError, KeyError, ValueError):
+                pass
         time.sleep(poll)

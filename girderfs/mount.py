@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from .auth import Credentials
 from .cache import BlockStore
 from .client import GirderClient
-from .hooks import UploadHooks
+from .hooks import SettledHooks, UploadHooks
 from .localtimes import LocalTimes
 from .namespace import Namespace, Node
 from .operations import GirderOperations
@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 LIBFUSE_THREADS = 10  # FUSE calls served at once (libfuse's own default)
 
 MiB = 1 << 20
+SIGNALS = {signal.SIGHUP, signal.SIGUSR1}  # taken by the girderfs-signals thread (run)
 
 
 @dataclass
@@ -60,7 +61,10 @@ class MountConfig:
     s3_direct: str = 'auto'  # auto | always | never
     write_back: float | None = None  # seconds after close() an upload starts (None: at close)
     read_ahead: int | None = None
-    hooks: list[tuple[str, str]] = field(default_factory=list)
+    hooks: list[tuple[str, str]] = field(default_factory=list)  # --on-upload
+    folder_hooks: list[tuple[str, str]] = field(default_factory=list)  # --on-folder-settled
+    item_hooks: list[tuple[str, str]] = field(default_factory=list)  # --on-item-settled
+    settle: float = 2.0  # --settle
     fuse_options: list[str] = field(default_factory=list)  # -o groups, comma separated
     max_read: int = MiB  # FUSE read size (run() sets the splice size)
     user: str = 'anonymous'
@@ -80,6 +84,7 @@ class Layers:
     view: View
     ops: GirderOperations
     hooks: UploadHooks
+    settled: SettledHooks
     started: float = field(default_factory=time.time)
 
     def status(self) -> dict:
@@ -95,15 +100,16 @@ class Layers:
                 'pending_uploads': w.progress() if w else [],
                 'auth': self.client.auth.status(), 'health': self.client.health(),
                 'fuse_calls': self.ops.calls.snapshot(),
-                **self.hooks.status()}
+                **self.hooks.status(), **self.settled.status()}
 
     def status_file(self) -> bytes:
         """The status file's content (read by ``control.read_status``)."""
         return (json.dumps(self.status(), indent=1, sort_keys=True) + '\n').encode()
 
     def close(self) -> None:
-        """Stop what ``destroy`` does not (the credentials thread, the block store, the times
-        store)."""
+        """Stop what ``destroy`` does not (settled hooks still due are called first, then the
+        credentials thread, the block store, the times store)."""
+        self.settled.close()
         self.client.auth.stop()
         self.store.close()
         if self.view.times is not None:
@@ -131,10 +137,20 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     ops = GirderOperations(view, reader, writer, attr_timeout=config.attr_timeout,
                            max_read=config.max_read, on_init=on_init)
     hooks = UploadHooks(client, config.hooks)
-    layers = Layers(config, client, store, ns, reader, writer, view, ops, hooks)
+
+    def uploading() -> list[tuple[str, str, str]]:
+        return [(d.path, d.parent_kind, d.parent_id) for d in writer.pending()
+                if d.modified and not d.deleted] if writer is not None else []
+
+    settled = SettledHooks(client, config.folder_hooks, config.item_hooks, config.settle,
+                           uploading=uploading)
+    layers = Layers(config, client, store, ns, reader, writer, view, ops, hooks, settled)
     ops.status_file = layers.status_file
     if writer is not None:
         def uploaded(d, file_doc):
+            # (first: while view.uploaded sends its requests, girderfs unmount would see
+            # neither the upload, done, nor the settled batch pending)
+            settled.note(d, file_doc)
             view.uploaded(d, file_doc)
             hooks.submit(d, file_doc)
 
@@ -170,10 +186,11 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
 
     os.umask(0o077)  # cache files and logs are the owner's only
     _tune_malloc()
-    # SIGHUP drops every cached listing (girderfs refresh). libfuse would treat it as "exit":
-    # block it before any thread starts, so every thread inherits the block, and take it in a
-    # thread of our own (on_hup below).
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    # SIGHUP drops every cached listing (girderfs refresh); SIGUSR1 calls the settled hooks
+    # due without waiting out --settle (girderfs unmount). libfuse would treat SIGHUP as "exit",
+    # and SIGUSR1's default is to die: block both before any thread starts, so every thread
+    # inherits the block, and take them in a thread of our own (on_signal below).
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     config.max_read = splice_read_size()
     options = fuse_options(config)
     config.max_read = int(options['max_read'])  # (a max_read given with -o wins)
@@ -203,14 +220,16 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
         layers.view.replacer.recover()  # renames over files it left half done
         layers.view.unlinked.recover()  # files it had unlinked while they were open
 
-    def on_hup() -> None:
+    def on_signal() -> None:
         while True:
-            signal.sigwait({signal.SIGHUP})
+            if signal.sigwait(SIGNALS) == signal.SIGUSR1:
+                layers.settled.settle_now()
+                continue
             layers.ns.clear()
             layers.client.auth.kick()  # refused credentials: try the (replaced) key file now
             log.info('SIGHUP: cached listings and attributes dropped')
 
-    threading.Thread(target=on_hup, name='girderfs-sighup', daemon=True).start()
+    threading.Thread(target=on_signal, name='girderfs-signals', daemon=True).start()
     try:
         # (libfuse 3.14 passes its "unset" max_idle_threads, UINT_MAX, on and warns "Ignoring
         # invalid max threads value 4294967295" on every mount: the limits are given here.)

@@ -100,6 +100,17 @@ def _mount_arguments(parser: argparse.ArgumentParser) -> set[str]:
     m.add_argument('--on-upload', action='append', default=[], metavar="'METHOD ENDPOINT'",
                    help='call this Girder endpoint after each upload; may use {fileId}, '
                         '{itemId}, {folderId}, {path} (repeatable)')
+    m.add_argument('--on-folder-settled', action='append', default=[],
+                   metavar="'METHOD ENDPOINT'",
+                   help='call this Girder endpoint once per folder after uploads into it '
+                        'settled (see --settle); may use {folderId}, {path} (repeatable)')
+    m.add_argument('--on-item-settled', action='append', default=[],
+                   metavar="'METHOD ENDPOINT'",
+                   help='call this Girder endpoint once per item after uploads into it '
+                        'settled; may use {itemId}, {folderId}, {path} (repeatable)')
+    m.add_argument('--settle', type=float, default=2.0, metavar='SECONDS',
+                   help='a folder or item has settled when no upload into it completed for '
+                        'SECONDS and none is under way (default 2)')
     m.add_argument('--timeout', type=float, default=60.0,
                    help='seconds to wait for the server on one request (default 60)')
     return m.value_flags

@@ -74,11 +74,13 @@ def test_set_annotation_fps(girder, dive, m):
 
 
 def test_upload_annotations_and_postprocess_hook(girder, dive, module_mount, tmp_path):
-    hooked = module_mount('--on-upload', 'PUT folder/{folderId}?description=postprocessed',
+    hooked = module_mount('--on-folder-settled', 'PUT folder/{folderId}?description=postprocessed',
+                          '--settle', '0.5',
                           '--on-upload', 'PUT item/{itemId}?description=uploaded+by+girderfs')
     (tmp_path / 'result.csv').write_text('track,frame,x,y\n1,0,10,20\n')
-    sh('cp "$SRC/result.csv" "$MP/collection/$C/setB/ds2/"', SRC=tmp_path, MP=hooked.path,
-       C=dive['name'])
+    (tmp_path / 'tracks.csv').write_text('track\n1\n')
+    sh('cp "$SRC/result.csv" "$SRC/tracks.csv" "$MP/collection/$C/setB/ds2/"', SRC=tmp_path,
+       MP=hooked.path, C=dive['name'])
     folder = wait_for(lambda: (lookup(girder, f'/collection/{dive["name"]}/setB/ds2') or {})
                       .get('description') == 'postprocessed', 30)
     assert folder, 'the postprocess hook did not run on the dataset folder'
@@ -86,7 +88,9 @@ def test_upload_annotations_and_postprocess_hook(girder, dive, module_mount, tmp
     assert wait_for(lambda: lookup(girder, f'/collection/{dive["name"]}/setB/ds2/result.csv')
                     ['description'] == 'uploaded by girderfs', 30)
     assert file_bytes(girder, item['_id']) == b'track,frame,x,y\n1,0,10,20\n'
-    assert hooked.status()['hook_failures'] == []
+    status = wait_for(lambda: (lambda s: s['settled_pending'] == 0 and s)(hooked.status()), 30)
+    assert (status['settled_done'], status['settled_failed']) == (1, 0)  # once for 2 files
+    assert status['hook_failures'] == []
 
 
 def test_sync_annotation_tree(girder, dive, m, tmp_path):
