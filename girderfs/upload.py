@@ -260,8 +260,8 @@ def make_plan(src: str, dest: str, connect: Callable[[], object], leaf_items: bo
                               'collection, a user or the top of the mount')
         if known is not None:  # the files of an item the mount does not show as one yet
             doc = known.get(os.path.basename(rel))
-            f = doc and Found(Kind.FILE, False, doc['_id'], int(doc.get('size') or 0),
-                              doc['_id'], doc.get('sha512'))
+            f = Found(Kind.FILE, False, doc['_id'], int(doc.get('size') or 0), doc['_id'],
+                      doc.get('sha512')) if doc is not None else None
         else:
             f = found(os.path.join(dest, rel), connect) if above_exists else None
         if f is None:
