@@ -337,27 +337,43 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 def cmd_upload(args: argparse.Namespace) -> int:
     from .auth import ANONYMOUS
     from .client import GirderClient
-    from .upload import UploadError, mount_status, upload_tree
+    from .upload import UploadError, mount_status, summary, upload_tree
 
-    if not os.path.isdir(args.src) or not os.path.isdir(args.dest):
-        raise CliError('SRC and DEST must be directories')
+    if not os.path.isdir(args.src):
+        raise CliError(f'{args.src} is not a directory')
+    if os.path.lexists(args.dest) and not os.path.isdir(args.dest):
+        raise CliError(f'{args.dest} is not a directory')
+    clients = []
+
+    def connect() -> GirderClient:
+        """The client for the REST calls the mount cannot make (new items, hash checks)."""
+        if not clients:
+            client = GirderClient(status['api_url'])
+            authenticate(client, args)
+            if client.auth.source == ANONYMOUS:
+                raise CliError('upload needs --api-key-file, GIRDER_API_KEY, GIRDER_TOKEN or '
+                               '--username to create items and compare files with the server')
+            clients.append(client)
+        return clients[0]
+
     try:
         status = mount_status(args.dest)
-        client = GirderClient(status['api_url'])
-        authenticate(client, args)
-        if client.auth.source == ANONYMOUS:
-            raise CliError('upload needs --api-key-file, GIRDER_API_KEY, GIRDER_TOKEN or '
-                           '--username to create items')
-        n = upload_tree(args.src, args.dest, client, int(status['pid']),
-                        progress=sys.stderr if sys.stderr.isatty() else None,
-                        echo=(lambda rel: print(rel, flush=True)) if args.verbose else None)
+        if status.get('read_only'):
+            raise CliError(f'the mount holding {args.dest} is read-only')
+        plan = upload_tree(args.src, args.dest, connect, int(status['pid']),
+                           attr_timeout=float(status.get('attr_timeout') or 5.0),
+                           leaf_items=args.leaf_items, exclude=args.exclude,
+                           dry_run=args.dry_run,
+                           progress=sys.stderr if sys.stderr.isatty() else None,
+                           echo=(lambda line: print(line, flush=True))
+                           if args.verbose or args.dry_run else None)
     except UploadError as exc:
         raise CliError(str(exc)) from None
     except GirderFSError as exc:
         raise CliError(exc.reason) from None
     except OSError as exc:
         raise CliError(f'{exc.filename}: {exc.strerror}' if exc.filename else str(exc)) from None
-    print(f'girderfs: {n} file(s) uploaded')
+    print(summary(plan, args.dry_run))
     return 0
 
 

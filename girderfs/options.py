@@ -45,15 +45,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument('path', nargs='?', default='.',
                    help='a path in the mount (default: the current directory)')
 
-    up = sub.add_parser('upload', help='upload a local tree into a mount, every leaf '
-                                       'directory as ONE item (DICOM series and the like)')
-    up.add_argument('src', help='local directory to upload')
-    up.add_argument('dest', help='an existing folder in a girderfs mount')
+    up = sub.add_parser(
+        'upload', help='upload a local tree into a mount (directories as folders, files as '
+                       'items; unchanged files skipped), like girder-client upload --reuse',
+        description='Upload the content of LOCAL_DIR into DEST, a directory in a girderfs '
+                    'mount (made if only it is missing), like rsync -a LOCAL_DIR/ DEST/. '
+                    'Files whose size and sha512 the server has already are skipped; changed '
+                    'files are rewritten in place (same Girder file). Nothing is changed if '
+                    'a folder stands where an item would go, or the other way round.')
+    up.add_argument('src', metavar='LOCAL_DIR', help='local directory to upload')
+    up.add_argument('dest', metavar='DEST', help='a directory in a girderfs mount')
+    up.add_argument('--leaf-folders-as-items', dest='leaf_items', action='store_true',
+                    help='every directory without subdirectories becomes ONE item holding '
+                         'its files (DICOM series and the like)')
+    up.add_argument('--exclude', action='append', default=[], metavar='PATTERN',
+                    help='leave out files and directories whose name matches this shell '
+                         'pattern (repeatable; like girder-client --blacklist)')
+    up.add_argument('--dry-run', action='store_true',
+                    help='print what would be created, uploaded and skipped; change nothing')
     up.add_argument('--api-key-file', help='file holding a Girder API key')
     up.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
                                        'or a prompt)')
     up.add_argument('-v', '--verbose', action='store_true',
-                    help='print each file copied into an item')
+                    help='print each folder and item made and each file uploaded or skipped')
     return p
 
 

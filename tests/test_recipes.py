@@ -1,20 +1,20 @@
 """Issue 7: the README's "Recipes", each run as written (bash) against the real server.
 
 They do with plain tools on the mount what Girder-based systems ship as sample scripts:
-DIVE's userCount, setAnnotationFPS, uploadScript, syncAnnotationsScript, exportAnnotations,
-a collection backup/restore, and pydas's tree upload with leaf folders as items.
+DIVE's userCount, setAnnotationFPS, uploadScript, syncAnnotationsScript, exportAnnotations and
+a collection backup/restore. (pydas's tree upload with leaf folders as items, ``girderfs upload``,
+is in tests/test_tree_upload.py.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import girderfs_cmd, run_girderfs, unique
+from conftest import run_girderfs, unique
 from test_everyday import file_bytes, lookup, wait_for
 
 
@@ -154,35 +154,3 @@ diff "$BACKUP/old.meta" "$BACKUP/new.meta"''', MP=m.path, C=name, NEW=restored,
     assert lookup(girder, f'/collection/{restored}/runs')['meta'] == {'fps': 30, 'stain': 'H&E'}
     item = lookup(girder, f'/collection/{restored}/runs/run1/frame.png')
     assert item['meta'] == {'quality': 'good', 'score': 0.5}
-
-
-def test_upload_dicom_series_as_leaf_items(girder, m, tmp_path):
-    col = girder.collection(unique('Dicom'))
-    girder.folder(col, 'studies')
-    src = tmp_path / 'studies'
-    write_tree(src, {'patientA/series1/1.dcm': b'a11', 'patientA/series1/2.dcm': b'a12',
-                     'patientA/series2/1.dcm': b'a21', 'patientB/ct/1.dcm': b'b1',
-                     'patientB/ct/2.dcm': b'b2', 'patientB/ct/3.dcm': b'b3',
-                     'README.txt': b'study notes\n'})
-    dest = m.path / 'collection' / col['name'] / 'studies'
-    assert run_girderfs('refresh', str(m.path)).returncode == 0  # made through REST just now
-    out = sh('$GIRDERFS upload "$SRC" "$DEST"', GIRDERFS=shlex.join(girderfs_cmd()), SRC=src,
-             DEST=dest, env={'GIRDER_TOKEN': girder.admin_token})
-    assert '7 file(s) uploaded' in out
-    base = f'/collection/{col["name"]}/studies'
-    for series, names in (('patientA/series1', ['1.dcm', '2.dcm']),
-                          ('patientA/series2', ['1.dcm']),
-                          ('patientB/ct', ['1.dcm', '2.dcm', '3.dcm'])):
-        item = lookup(girder, f'{base}/{series}')
-        assert item['_modelType'] == 'item', series
-        files = girder.api('GET', f'item/{item["_id"]}/files')
-        assert sorted(f['name'] for f in files) == names
-        assert sorted(os.listdir(dest / series)) == names
-    assert lookup(girder, f'{base}/patientA')['_modelType'] == 'folder'
-    assert lookup(girder, f'{base}/README.txt')['_modelType'] == 'item'
-    sh('diff -r "$SRC" "$DEST"', SRC=src, DEST=dest)
-    # Re-running (say after an interruption) reuses the items instead of failing.
-    out = sh('$GIRDERFS upload "$SRC" "$DEST"', GIRDERFS=shlex.join(girderfs_cmd()), SRC=src,
-             DEST=dest, env={'GIRDER_TOKEN': girder.admin_token})
-    assert len(girder.api('GET', f'item/{lookup(girder, base + "/patientB/ct")["_id"]}/files')) \
-        == 3
