@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, girderfs_cmd, run_girderfs, unique
+from test_everyday import wait_for
 from test_recipes import local_tree, sh, write_tree
 
 from testsupport.mounting import girderfs_env
@@ -349,3 +350,32 @@ def test_readme_recipe_and_girder_client_habits(girder, m, tmp_path, token):
     assert content(server_tree(girder, ours[0]['_id'])) == \
         content(server_tree(girder, gc_studies['_id']))
     assert kinds(server_tree(girder, ours[0]['_id']))['patientA/series1'] == 'item'
+
+
+def test_each_leaf_item_gets_one_settled_hook_call(girder, module_mount, tmp_path, token):
+    """pydas's item callbacks: with ``--on-item-settled`` the mount calls the hook once per
+    item, after all of its files (each call copies the item as it is then into a sink)."""
+    col = girder.collection(unique('TreeHook'))
+    folder, sink = girder.folder(col, 'f'), girder.folder(col, 'sink')
+    hooked = module_mount('--settle', '0.5', '--on-item-settled',
+                          f'POST item/{{itemId}}/copy?folderId={sink["_id"]}')
+    leaves = {'s1/a.dcm': b'a' * 5000, 's1/b.dcm': b'b', 's1/c.dcm': b'c' * 70_000,
+              's2/a.dcm': b'2a', 's2/b.dcm': b'2b'}
+    write_tree(tmp_path / 'src', leaves)
+    upload('--leaf-folders-as-items', tmp_path / 'src',
+           hooked.path / 'collection' / col['name'] / 'f', env=token)
+    assert kinds(server_tree(girder, folder['_id'])) == {
+        's1': 'item', 's2': 'item', **{p: 'file' for p in leaves}}
+
+    def calls() -> dict[str, list[str]]:
+        return {i['name']: sorted(f['name'] for f in girder.api('GET', f'item/{i["_id"]}/files'))
+                for i in girder.api('GET', 'item', params={'folderId': sink['_id']})}
+
+    def settled() -> bool:
+        st = hooked.status()
+        return st['settled_pending'] == 0 and not st['pending_uploads'] and len(calls()) >= 2
+
+    assert wait_for(settled, 60)
+    # one copy per item (a second call would make "s1 (1)"), each with all of its files
+    assert calls() == {'s1': ['a.dcm', 'b.dcm', 'c.dcm'], 's2': ['a.dcm', 'b.dcm']}
+    assert hooked.status()['settled_done'] == 2
