@@ -88,6 +88,8 @@ def expected_attrs(girder, kind: str, doc: dict, file_doc: dict | None = None) -
                       ('creator', 'creatorId'), ('description', 'description')):
         if doc.get(key) is not None:
             out[f'user.girder.{name}'] = str(doc[key]).encode()
+    if doc.get('creatorId'):
+        out['user.girder.creator_login'] = login_of(girder, doc['creatorId'])
     out['user.girder.size'] = str(doc['size']).encode()
     page = f'item/{doc["itemId"]}' if kind == 'file' else f'{kind}/{doc["_id"]}'
     out['user.girder.url'] = f'{web_root(girder)}/#{page}'.encode()
@@ -104,7 +106,12 @@ def expected_attrs(girder, kind: str, doc: dict, file_doc: dict | None = None) -
                           ('size', 'size'), ('sha512', 'sha512'), ('mime_type', 'mimeType'),
                           ('name', 'name')):
             out[f'user.girder.file.{name}'] = str(file_doc[key]).encode()
+        out['user.girder.file.creator_login'] = login_of(girder, file_doc['creatorId'])
     return out
+
+
+def login_of(girder, user_id: str) -> bytes:
+    return girder.api('GET', f'user/{user_id}')['login'].encode()
 
 
 def rest(girder, kind: str, ident: str) -> dict:
@@ -200,6 +207,7 @@ def test_attributes_of_every_kind_equal_the_rest_documents(girder, mount, tree):
     assert got['user.girder.meta.nested'] == b'{"a":[1,2]}'
     assert json.loads(got['user.girder.meta']) == rest(girder, 'folder', tree['ds']['_id'])['meta']
     assert got['user.girder.description'] == b'dataset folder'
+    assert got['user.girder.creator_login'] == b'admin'       # whose id is user.girder.creator
     assert cases[base]['user.girder.description'] == b'a test collection'
     for path, want in cases.items():
         for name in ('user.girder.created', 'user.girder.updated', 'user.girder.file.created'):
@@ -503,6 +511,7 @@ def test_getfattr_over_a_listed_folder_costs_no_requests_per_entry(girder, mount
     requests, kinds = delta(s0, m.status())
     assert len(got) == n_big
     assert requests <= 6 and 'files' not in kinds, (requests, kinds)   # not ~300
+    assert kinds.get('user', 0) <= 1, kinds          # the one creator's login, once
     by_name = {Path(p).name: attrs for p, attrs in got.items()}
     for it in big_items:
         attrs = by_name[it['name']]
