@@ -29,6 +29,7 @@ META = PREFIX + 'meta'
 META_PREFIX = META + '.'
 FILE_PREFIX = PREFIX + 'file.'
 DESCRIPTION = PREFIX + 'description'
+TYPE = PREFIX + 'type'  # read-only, but View makes an empty folder an item when set to "item"
 META_KINDS = frozenset({Kind.COLLECTION, Kind.FOLDER, Kind.ITEM})
 XATTR_SIZE_MAX = 65536  # Linux: the largest value getxattr can return
 FILE_FIELDS = ('id', 'created', 'creator', 'size', 'sha512', 'mime_type', 'name')

@@ -476,6 +476,46 @@ def test_read_only_mount_refuses_changes_with_erofs(girder, mount, tree):
     assert 'k' not in rest(girder, 'item', tree['single']['_id'])['meta']
 
 
+def test_an_empty_folder_set_to_item_becomes_an_item_of_several_files(girder, mount, tree):
+    parent, rel = fresh_folder(girder, tree, 'group')
+    m = mount()
+    base = m.path / rel
+    group = base / 'frames'
+    group.mkdir()
+    os.setxattr(group, 'user.girder.meta.camera', b'left')
+    ino = group.stat().st_ino
+    os.setxattr(group, 'user.girder.type', b'item')
+    for i in range(3):
+        (group / f'{i:03d}.png').write_bytes(bytes([i]) * (100 + i))
+    # On the server: no folder left, one item (its metadata kept) holding the three images.
+    assert girder.api('GET', 'folder', params={'parentType': 'folder',
+                                                 'parentId': parent['_id']}) == []
+    items = girder.api('GET', 'item', params={'folderId': parent['_id']})
+    assert [(i['name'], i['meta']) for i in items] == [('frames', {'camera': 'left'})]
+    files = files_of(girder, items[0])
+    assert sorted((f['name'], f['size']) for f in files) == \
+        [('000.png', 100), ('001.png', 101), ('002.png', 102)]
+    assert os.getxattr(group, 'user.girder.type') == b'item'
+    assert group.is_dir() and group.stat().st_ino == ino
+    assert sorted(os.listdir(group)) == ['000.png', '001.png', '002.png']
+    # Only an empty folder in a folder; other values stay read-only.
+    full = base / 'full'
+    full.mkdir()
+    (full / 'x').write_bytes(b'x')
+    assert oserror(os.setxattr, full, 'user.girder.type', b'item') == errno.ENOTEMPTY
+    top = m.path / 'collection' / tree['name'] / unique('top')
+    top.mkdir()
+    assert oserror(os.setxattr, top, 'user.girder.type', b'item') == errno.EINVAL
+    ds = m.path / 'collection' / tree['name'] / 'ds'  # (not made by this mount)
+    assert oserror(os.setxattr, ds, 'user.girder.type', b'collection') == errno.EPERM
+    assert oserror(os.setxattr, ds / 'multi', 'user.girder.type', b'folder') == errno.EPERM
+    assert rest(girder, 'folder', lookup_id(girder, f'/{rel}/full'))['name'] == 'full'
+
+
+def lookup_id(girder, path: str) -> str:
+    return girder.api('GET', 'resource/lookup', params={'path': path})['_id']
+
+
 # --- speed ----------------------------------------------------------------------------------
 def delta(before: dict, after: dict) -> tuple[int, dict]:
     b, a = before['stats'], after['stats']
