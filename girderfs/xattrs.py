@@ -1,7 +1,8 @@
 """Girder fields and metadata as extended attributes (``user.girder.*``).
 
 Read-only: id, type, created, updated, creator (an id), creator_login, size, description
-(writable on collections, folders and items), url; on files also sha512 and mime_type. A
+(writable on collections, folders and items), url; on files also sha512 and mime_type.
+Write-only: convert (``item``: an empty folder becomes an item, done by ``View``). A
 single-file item shown as a file carries the item's attributes plus its file's as
 ``user.girder.file.*``. Each key of a collection's, folder's or item's ``meta`` is
 ``user.girder.meta.<key>``; ``user.girder.meta`` is the whole object as JSON. Values come from
@@ -29,7 +30,8 @@ META = PREFIX + 'meta'
 META_PREFIX = META + '.'
 FILE_PREFIX = PREFIX + 'file.'
 DESCRIPTION = PREFIX + 'description'
-TYPE = PREFIX + 'type'  # read-only, but View makes an empty folder an item when set to "item"
+# Write-only, never listed (so no copy carries it): "item" makes an empty folder an item (View).
+CONVERT = PREFIX + 'convert'
 META_KINDS = frozenset({Kind.COLLECTION, Kind.FOLDER, Kind.ITEM})
 XATTR_SIZE_MAX = 65536  # Linux: the largest value getxattr can return
 FILE_FIELDS = ('id', 'created', 'creator', 'size', 'sha512', 'mime_type', 'name')

@@ -476,7 +476,7 @@ def test_read_only_mount_refuses_changes_with_erofs(girder, mount, tree):
     assert 'k' not in rest(girder, 'item', tree['single']['_id'])['meta']
 
 
-def test_an_empty_folder_set_to_item_becomes_an_item_of_several_files(girder, mount, tree):
+def test_convert_makes_an_empty_folder_an_item_of_several_files(girder, mount, tree):
     parent, rel = fresh_folder(girder, tree, 'group')
     m = mount()
     base = m.path / rel
@@ -484,7 +484,7 @@ def test_an_empty_folder_set_to_item_becomes_an_item_of_several_files(girder, mo
     group.mkdir()
     os.setxattr(group, 'user.girder.meta.camera', b'left')
     ino = group.stat().st_ino
-    os.setxattr(group, 'user.girder.type', b'item')
+    os.setxattr(group, 'user.girder.convert', b'item')
     for i in range(3):
         (group / f'{i:03d}.png').write_bytes(bytes([i]) * (100 + i))
     # On the server: no folder left, one item (its metadata kept) holding the three images.
@@ -498,17 +498,22 @@ def test_an_empty_folder_set_to_item_becomes_an_item_of_several_files(girder, mo
     assert os.getxattr(group, 'user.girder.type') == b'item'
     assert group.is_dir() and group.stat().st_ino == ino
     assert sorted(os.listdir(group)) == ['000.png', '001.png', '002.png']
-    # Only an empty folder in a folder; other values stay read-only.
+    # Write-only: never listed (a copy never carries it), never read.
+    assert 'user.girder.convert' not in os.listxattr(group)
+    assert oserror(os.getxattr, group, 'user.girder.convert') == errno.ENODATA
+    # Only "item", only an empty folder in a folder; the type itself stays read-only.
     full = base / 'full'
     full.mkdir()
     (full / 'x').write_bytes(b'x')
-    assert oserror(os.setxattr, full, 'user.girder.type', b'item') == errno.ENOTEMPTY
+    assert oserror(os.setxattr, full, 'user.girder.convert', b'item') == errno.ENOTEMPTY
+    assert oserror(os.setxattr, base / 'full' / 'x', 'user.girder.convert', b'item') \
+        == errno.EINVAL
+    assert oserror(os.setxattr, group, 'user.girder.convert', b'folder') == errno.EINVAL
     top = m.path / 'collection' / tree['name'] / unique('top')
     top.mkdir()
-    assert oserror(os.setxattr, top, 'user.girder.type', b'item') == errno.EINVAL
+    assert oserror(os.setxattr, top, 'user.girder.convert', b'item') == errno.EINVAL
     ds = m.path / 'collection' / tree['name'] / 'ds'  # (not made by this mount)
-    assert oserror(os.setxattr, ds, 'user.girder.type', b'collection') == errno.EPERM
-    assert oserror(os.setxattr, ds / 'multi', 'user.girder.type', b'folder') == errno.EPERM
+    assert oserror(os.setxattr, ds, 'user.girder.type', b'item') == errno.EPERM
     assert rest(girder, 'folder', lookup_id(girder, f'/{rel}/full'))['name'] == 'full'
 
 
