@@ -1,8 +1,9 @@
 """Issue 7: the README's "Recipes", each run as written (bash) against the real server.
 
-They do with plain tools on the mount what Girder-based systems ship as sample scripts:
-DIVE's userCount, setAnnotationFPS, uploadScript, syncAnnotationsScript, exportAnnotations,
-a collection backup/restore, and pydas's tree upload with leaf folders as items.
+They do with plain tools on the mount what Girder-based systems ship as sample scripts: DIVE's
+uploadScript (a post-upload hook), a collection backup/restore, and pydas's tree upload with leaf
+folders as items. DIVE's userCount, setAnnotationFPS, syncAnnotationsScript and
+exportAnnotations are in tests/test_dive_recipes.py.
 """
 
 from __future__ import annotations
@@ -33,11 +34,6 @@ def write_tree(root: Path, files: dict[str, bytes]) -> None:
         (root / rel).write_bytes(data)
 
 
-def local_tree(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*'))
-            if p.is_file()}
-
-
 @pytest.fixture(scope='module')
 def dive(girder):
     """A DIVE-like collection: dataset folders with a video and annotation files."""
@@ -58,21 +54,6 @@ def m(module_mount):
     return module_mount()
 
 
-def test_count_users(girder, m):
-    count = int(sh('ls "$MP/user" | wc -l', MP=m.path))
-    assert count == len(girder.api('GET', 'user', params={'limit': 0}))
-
-
-def test_set_annotation_fps(girder, dive, m):
-    sh('setfattr -n user.girder.meta.fps -v 30 "$MP/collection/$C/setA/ds1"',
-       MP=m.path, C=dive['name'])
-    folder = lookup(girder, f'/collection/{dive["name"]}/setA/ds1')
-    assert folder['meta']['fps'] == 30  # a number, as DIVE expects
-    out = sh('getfattr -n user.girder.meta.fps --only-values "$MP/collection/$C/setA/ds1"',
-             MP=m.path, C=dive['name'])
-    assert out == '30'
-
-
 def test_upload_annotations_and_postprocess_hook(girder, dive, module_mount, tmp_path):
     hooked = module_mount('--on-upload', 'PUT folder/{folderId}?description=postprocessed',
                           '--on-upload', 'PUT item/{itemId}?description=uploaded+by+girderfs')
@@ -87,39 +68,6 @@ def test_upload_annotations_and_postprocess_hook(girder, dive, module_mount, tmp
                     ['description'] == 'uploaded by girderfs', 30)
     assert file_bytes(girder, item['_id']) == b'track,frame,x,y\n1,0,10,20\n'
     assert hooked.status()['hook_failures'] == []
-
-
-def test_sync_annotation_tree(girder, dive, m, tmp_path):
-    local = tmp_path / 'annotations'
-    write_tree(local, {'ds1/annotations.json': b'{"v": 1}', 'ds1/tracks.csv': b'a\n',
-                       'ds2/annotations.json': b'{"v": 2}'})
-    target = m.path / 'collection' / dive['name'] / 'other' / 'synced'
-    sync = 'mkdir -p "$DEST" && rsync -a --delete "$SRC/" "$DEST/"'
-    sh(sync, SRC=local, DEST=target)
-    assert local_tree(target) == local_tree(local)
-    (local / 'ds1' / 'tracks.csv').unlink()
-    (local / 'ds2' / 'annotations.json').write_bytes(b'{"v": 3, "edited": true}')
-    write_tree(local, {'ds3/annotations.json': b'{"v": 4}'})
-    sh(sync, SRC=local, DEST=target)
-    sh('diff -r "$SRC" "$DEST"', SRC=local, DEST=target)
-    base = f'/collection/{dive["name"]}/other/synced'
-    assert lookup(girder, f'{base}/ds1/tracks.csv') is None
-    item = lookup(girder, f'{base}/ds2/annotations.json')
-    assert file_bytes(girder, item['_id']) == b'{"v": 3, "edited": true}'
-
-
-def test_export_annotations_of_a_set_of_folders(dive, m, tmp_path):
-    export = tmp_path / 'export'
-    sh('''cd "$MP/collection/$C"
-rsync -a --relative --prune-empty-dirs \\
-      --include='*/' --include='*.json' --include='*.csv' --exclude='*' \\
-      setA setB "$EXPORT/"''', MP=m.path, C=dive['name'], EXPORT=export)
-    got = local_tree(export)
-    assert set(got) == {f'{s}/{d}/{f}' for s in ('setA', 'setB') for d in ('ds1', 'ds2')
-                        for f in ('annotations.json', 'tracks.csv')} | {'setB/ds2/result.csv'} \
-        or set(got) == {f'{s}/{d}/{f}' for s in ('setA', 'setB') for d in ('ds1', 'ds2')
-                        for f in ('annotations.json', 'tracks.csv')}
-    assert json.loads(got['setA/ds2/annotations.json']) == {'set': 'setA', 'ds': 'ds2'}
 
 
 def test_backup_and_restore_a_collection(girder, m, tmp_path):
