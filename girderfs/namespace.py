@@ -393,6 +393,36 @@ class Namespace:
         self.mark_created(doc['_id'])
         self.invalidate(parent.kind, parent.id)
 
+    def folder_to_item(self, parent: Node, node: Node) -> None:
+        """Replace the empty folder ``node`` by an empty item of the same name, description
+        and metadata, keeping its inode (the caller checked that it is empty).
+
+        Girder cannot change a folder into an item, and gives an item that would take a
+        sibling folder's name another one ("name (1)"): the folder goes first.
+        """
+        if node.kind != Kind.FOLDER or parent.kind != Kind.FOLDER:
+            raise GirderFSError(errno.EINVAL, 'only a folder in a folder can become an item '
+                                              '(Girder keeps items only in folders)')
+        c = self.client
+        c.request('DELETE', f'folder/{node.id}', kind='change')
+        self._will_shrink(parent)
+        self.invalidate(Kind.FOLDER, node.id)
+        self.invalidate(parent.kind, parent.id)
+        doc = c.request('POST', 'item', kind='change', repeatable=False, params={
+            'folderId': parent.id, 'name': node.doc.get('name', node.name),
+            'description': node.doc.get('description') or ''})
+        self.mark_created(doc['_id'])
+        self.alias_inode((Kind.ITEM, doc['_id']), self.inode(node))
+        # No files: a directory, also in folders too large to read every item's files.
+        self._files.put(doc['_id'], [])
+        with self._ino_lock:
+            self._dir_items.add(doc['_id'])
+        meta = node.doc.get('meta') or {}
+        if meta:
+            c.request('PUT', f'item/{doc["_id"]}/metadata', kind='change',
+                      params={'allowNull': 'true'}, json=meta)
+        self.invalidate(parent.kind, parent.id)
+
     def mark_created(self, ident: str) -> None:
         with self._ino_lock:
             self._created.add(ident)

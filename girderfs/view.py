@@ -26,7 +26,15 @@ from .reader import Reader, ReadPattern, RemoteFile
 from .replace import Replacement, Replacer
 from .unlinked import Unlinked
 from .writer import PendingFile, Writer
-from .xattrs import META, META_PREFIX, PREFIX, Xattrs, decode_value, encode_value
+from .xattrs import (
+    CONVERT,
+    META,
+    META_PREFIX,
+    PREFIX,
+    Xattrs,
+    decode_value,
+    encode_value,
+)
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +365,24 @@ class View:
             elif not name.startswith(PREFIX):
                 raise GirderFSError(errno.ENOTSUP, f'only {PREFIX}* attributes are stored')
             return
+        if name == CONVERT:
+            if value != Kind.ITEM.encode():
+                raise GirderFSError(errno.EINVAL, f'{CONVERT} takes only "item"')
+            self.folder_to_item(path)
+            return
         node = self.ns.resolve(path)
         self.xattrs.set(node, name, value, created_here=self.ns.created_here(node.id))
+
+    @changes_entries
+    def folder_to_item(self, path: str) -> None:
+        """An empty folder becomes an empty item (``setfattr -n user.girder.convert -v item``):
+        files then copied into it make one item holding several files."""
+        node = self.ns.resolve(path)
+        if node.kind != Kind.FOLDER:
+            raise GirderFSError(errno.EINVAL, f'a {node.kind} cannot become an item')
+        if not self._is_empty(node, path):
+            raise GirderFSError(errno.ENOTEMPTY, 'only an empty folder can become an item')
+        self.ns.folder_to_item(self.ns.resolve(split(path)[0]), node)
 
     def removexattr(self, path: str, name: str) -> None:
         """Remove an attribute: from a new copy's pending metadata, else on the server."""

@@ -1,10 +1,13 @@
 """Girder fields and metadata as extended attributes (``user.girder.*``).
 
-Read-only: id, type, created, updated, creator, size, description (writable on collections,
-folders and items), url; on files also sha512 and mime_type. A single-file item shown as a file
-carries the item's attributes plus its file's as ``user.girder.file.*``. Each key of a
-collection's, folder's or item's ``meta`` is ``user.girder.meta.<key>``; ``user.girder.meta``
-is the whole object as JSON. Values come from the cached listing documents: no request per read.
+Read-only: id, type, created, updated, creator (an id), creator_login, size, description
+(writable on collections, folders and items), url; on files also sha512 and mime_type.
+Write-only: convert (``item``: an empty folder becomes an item, done by ``View``). A
+single-file item shown as a file carries the item's attributes plus its file's as
+``user.girder.file.*``. Each key of a collection's, folder's or item's ``meta`` is
+``user.girder.meta.<key>``; ``user.girder.meta`` is the whole object as JSON. Values come from
+the cached listing documents: no request per read, except one ``GET user/{id}`` per creator
+whose login is asked for (kept an hour).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from .errors import GirderFSError
 from .kinds import Kind
 from .namespace import Namespace, Node
+from .util import LockedTTLCache
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +30,13 @@ META = PREFIX + 'meta'
 META_PREFIX = META + '.'
 FILE_PREFIX = PREFIX + 'file.'
 DESCRIPTION = PREFIX + 'description'
+# Write-only, never listed (so no copy carries it): "item" makes an empty folder an item (View).
+CONVERT = PREFIX + 'convert'
 META_KINDS = frozenset({Kind.COLLECTION, Kind.FOLDER, Kind.ITEM})
 XATTR_SIZE_MAX = 65536  # Linux: the largest value getxattr can return
 FILE_FIELDS = ('id', 'created', 'creator', 'size', 'sha512', 'mime_type', 'name')
+CREATOR_LOGIN = 'creator_login'
+LOGIN_TTL = 3600.0  # logins rarely change; a renamed user shows within the hour
 
 
 def encode_value(value: Any) -> bytes:
@@ -97,10 +105,26 @@ class Xattrs:
         self.client = namespace.client
         root = self.client.api_url
         self.web_root = web_root or (root[:-len('/api/v1')] if root.endswith('/api/v1') else root)
+        # user id -> login (None: the server will not say), one request per user and hour
+        self._logins: LockedTTLCache[str | None] = LockedTTLCache(maxsize=4096, ttl=LOGIN_TTL)
 
     # --- reading --------------------------------------------------------------------------
-    def values(self, node: Node) -> dict[str, Any]:
-        """Every attribute of ``node`` (name -> value), from the documents already cached."""
+    def login(self, user_id: str) -> str | None:
+        """The login of user ``user_id``; None for a user deleted or hidden from us."""
+        def fetch() -> str | None:
+            try:
+                doc = self.client.request('GET', f'user/{user_id}', kind='user')
+            except GirderFSError as exc:
+                if exc.http_status is not None and exc.errno in (errno.ENOENT, errno.EACCES):
+                    return None  # the server's answer: kept like a login
+                raise  # no answer: not kept, asked again next time
+            login = (doc or {}).get('login')
+            return login if isinstance(login, str) else None
+        return self._logins.get_or_load(user_id, fetch)
+
+    def values(self, node: Node, logins: bool = False) -> dict[str, Any]:
+        """Every attribute of ``node`` (name -> value), from the documents already cached;
+        with ``logins`` also the creators' logins (``login``: a request per new creator)."""
         if node.kind in (Kind.ROOT, Kind.COLLECTIONS, Kind.USERS):
             return {}
         out = {PREFIX + k: v for k, v in _fields(node.doc, node.kind, self.web_root).items()
@@ -116,18 +140,30 @@ class Xattrs:
             out[META] = meta
             for key, v in meta.items():
                 out[META_PREFIX + key] = v
+        if logins:
+            for prefix in (PREFIX, FILE_PREFIX):
+                creator = out.get(prefix + 'creator')
+                if not isinstance(creator, str):
+                    continue
+                try:
+                    login = self.login(creator)
+                except GirderFSError as exc:
+                    log.debug('login of user %s unknown: %s', creator, exc.reason)
+                    continue
+                if login is not None:
+                    out[prefix + CREATOR_LOGIN] = login
         return out
 
     def names(self, node: Node) -> list[str]:
         # A value over the kernel's 64 KiB limit cannot be read (E2BIG): listing it would make
         # ``getfattr -d`` and ``cp --preserve=xattr`` fail on the whole entry.
-        return [name for name, v in self.values(node).items()
+        return [name for name, v in self.values(node, logins=True).items()
                 if len(encode_value(v)) <= XATTR_SIZE_MAX]
 
     def get(self, node: Node, name: str) -> bytes:
         if name.startswith(FILE_PREFIX) and node.kind == Kind.ITEM and node.files is None:
             self.ns.load_files(node)  # an explicit ask for a file field is worth one request
-        values = self.values(node)
+        values = self.values(node, logins=name.endswith(CREATOR_LOGIN))
         if name not in values:
             raise GirderFSError(errno.ENODATA, f'no attribute {name}')
         return encode_value(values[name])
@@ -148,7 +184,7 @@ class Xattrs:
                 self._set_keys(node, {self.key(name): decode_value(raw)})
             return
         if name.startswith(PREFIX):
-            current = self.values(node).get(name)
+            current = self.values(node, logins=name.endswith(CREATOR_LOGIN)).get(name)
             if current is not None and encode_value(current) == raw:
                 return  # unchanged: lets a copy put back what it read
             if created_here:
@@ -169,7 +205,7 @@ class Xattrs:
             if keys:
                 self._delete_keys(node, keys)
             return
-        if name in self.values(node):
+        if name in self.values(node, logins=name.endswith(CREATOR_LOGIN)):
             if created_here:
                 # rsync -X drops names its source lacks (a copy of a file gets item fields).
                 log.debug('ignoring removal of read-only %s on a copy made here', name)

@@ -119,7 +119,7 @@ class MountFactory:
 
 @pytest.fixture(scope='session')
 def girder(tmp_path_factory) -> GirderServer:
-    server = GirderServer(str(tmp_path_factory.mktemp('girder'))).start()
+    server = GirderServer(str(tmp_path_factory.mktemp('girder')), dive_stub=True).start()
     yield server
     server.stop()
 

@@ -88,6 +88,8 @@ def expected_attrs(girder, kind: str, doc: dict, file_doc: dict | None = None) -
                       ('creator', 'creatorId'), ('description', 'description')):
         if doc.get(key) is not None:
             out[f'user.girder.{name}'] = str(doc[key]).encode()
+    if doc.get('creatorId'):
+        out['user.girder.creator_login'] = login_of(girder, doc['creatorId'])
     out['user.girder.size'] = str(doc['size']).encode()
     page = f'item/{doc["itemId"]}' if kind == 'file' else f'{kind}/{doc["_id"]}'
     out['user.girder.url'] = f'{web_root(girder)}/#{page}'.encode()
@@ -104,7 +106,12 @@ def expected_attrs(girder, kind: str, doc: dict, file_doc: dict | None = None) -
                           ('size', 'size'), ('sha512', 'sha512'), ('mime_type', 'mimeType'),
                           ('name', 'name')):
             out[f'user.girder.file.{name}'] = str(file_doc[key]).encode()
+        out['user.girder.file.creator_login'] = login_of(girder, file_doc['creatorId'])
     return out
+
+
+def login_of(girder, user_id: str) -> bytes:
+    return girder.api('GET', f'user/{user_id}')['login'].encode()
 
 
 def rest(girder, kind: str, ident: str) -> dict:
@@ -200,6 +207,7 @@ def test_attributes_of_every_kind_equal_the_rest_documents(girder, mount, tree):
     assert got['user.girder.meta.nested'] == b'{"a":[1,2]}'
     assert json.loads(got['user.girder.meta']) == rest(girder, 'folder', tree['ds']['_id'])['meta']
     assert got['user.girder.description'] == b'dataset folder'
+    assert got['user.girder.creator_login'] == b'admin'       # whose id is user.girder.creator
     assert cases[base]['user.girder.description'] == b'a test collection'
     for path, want in cases.items():
         for name in ('user.girder.created', 'user.girder.updated', 'user.girder.file.created'):
@@ -468,6 +476,51 @@ def test_read_only_mount_refuses_changes_with_erofs(girder, mount, tree):
     assert 'k' not in rest(girder, 'item', tree['single']['_id'])['meta']
 
 
+def test_convert_makes_an_empty_folder_an_item_of_several_files(girder, mount, tree):
+    parent, rel = fresh_folder(girder, tree, 'group')
+    m = mount()
+    base = m.path / rel
+    group = base / 'frames'
+    group.mkdir()
+    os.setxattr(group, 'user.girder.meta.camera', b'left')
+    ino = group.stat().st_ino
+    os.setxattr(group, 'user.girder.convert', b'item')
+    for i in range(3):
+        (group / f'{i:03d}.png').write_bytes(bytes([i]) * (100 + i))
+    # On the server: no folder left, one item (its metadata kept) holding the three images.
+    assert girder.api('GET', 'folder', params={'parentType': 'folder',
+                                                 'parentId': parent['_id']}) == []
+    items = girder.api('GET', 'item', params={'folderId': parent['_id']})
+    assert [(i['name'], i['meta']) for i in items] == [('frames', {'camera': 'left'})]
+    files = files_of(girder, items[0])
+    assert sorted((f['name'], f['size']) for f in files) == \
+        [('000.png', 100), ('001.png', 101), ('002.png', 102)]
+    assert os.getxattr(group, 'user.girder.type') == b'item'
+    assert group.is_dir() and group.stat().st_ino == ino
+    assert sorted(os.listdir(group)) == ['000.png', '001.png', '002.png']
+    # Write-only: never listed (a copy never carries it), never read.
+    assert 'user.girder.convert' not in os.listxattr(group)
+    assert oserror(os.getxattr, group, 'user.girder.convert') == errno.ENODATA
+    # Only "item", only an empty folder in a folder; the type itself stays read-only.
+    full = base / 'full'
+    full.mkdir()
+    (full / 'x').write_bytes(b'x')
+    assert oserror(os.setxattr, full, 'user.girder.convert', b'item') == errno.ENOTEMPTY
+    assert oserror(os.setxattr, base / 'full' / 'x', 'user.girder.convert', b'item') \
+        == errno.EINVAL
+    assert oserror(os.setxattr, group, 'user.girder.convert', b'folder') == errno.EINVAL
+    top = m.path / 'collection' / tree['name'] / unique('top')
+    top.mkdir()
+    assert oserror(os.setxattr, top, 'user.girder.convert', b'item') == errno.EINVAL
+    ds = m.path / 'collection' / tree['name'] / 'ds'  # (not made by this mount)
+    assert oserror(os.setxattr, ds, 'user.girder.type', b'item') == errno.EPERM
+    assert rest(girder, 'folder', lookup_id(girder, f'/{rel}/full'))['name'] == 'full'
+
+
+def lookup_id(girder, path: str) -> str:
+    return girder.api('GET', 'resource/lookup', params={'path': path})['_id']
+
+
 # --- speed ----------------------------------------------------------------------------------
 def delta(before: dict, after: dict) -> tuple[int, dict]:
     b, a = before['stats'], after['stats']
@@ -503,6 +556,7 @@ def test_getfattr_over_a_listed_folder_costs_no_requests_per_entry(girder, mount
     requests, kinds = delta(s0, m.status())
     assert len(got) == n_big
     assert requests <= 6 and 'files' not in kinds, (requests, kinds)   # not ~300
+    assert kinds.get('user', 0) <= 1, kinds          # the one creator's login, once
     by_name = {Path(p).name: attrs for p, attrs in got.items()}
     for it in big_items:
         attrs = by_name[it['name']]

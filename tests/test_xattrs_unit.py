@@ -90,7 +90,8 @@ def test_values_of_a_single_file_item(xa):
     assert got['user.girder.meta'] == ITEM['meta']
     assert got['user.girder.meta.n'] is None and 'user.girder.meta.n' in xa.names(node)
     assert 'user.girder.sha512' not in got            # the file's fields are under file.*
-    assert xa.client.calls == []                       # no request to read attributes
+    # No request to read attributes; listing them asks for the creator's login, once.
+    assert xa.client.calls == [('GET', 'user/u1', None, None)]
 
 
 def test_values_of_a_file_a_user_and_the_top(xa):
@@ -103,6 +104,44 @@ def test_values_of_a_file_a_user_and_the_top(xa):
                  'user.girder.url': 'http://girder.example/#user/u1'}
     for kind in ('root', 'collections', 'users'):
         assert xa.names(Node(kind, None, '')) == []
+
+
+class UsersClient(RecordingClient):
+    """Answers ``GET user/{id}``: u1 is alice, u2 is gone (400), u3 cannot be reached."""
+
+    def request(self, method: str, path: str, kind: str = 'api', **kwargs):
+        super().request(method, path, kind, **kwargs)
+        if path == 'user/u1':
+            return {'_id': 'u1', 'login': 'alice'}
+        if path == 'user/u2':
+            raise GirderFSError(errno.ENOENT, 'Invalid user id', 400)
+        raise GirderFSError(errno.EIO, 'connection refused', failure='connect')
+
+
+def test_creator_login_costs_one_request_per_creator(xa):
+    xa.client = xa.ns.client = UsersClient()
+    item = Node('item', 'i1', 'a.txt', dict(ITEM), files=[dict(FILE)])
+    folder = Node('folder', 'd1', 'ds', {'_id': 'd1', 'creatorId': 'u1', 'meta': {}})
+    assert 'user.girder.creator_login' not in xa.values(item)    # not asked: no request
+    assert xa.client.calls == []
+    names = xa.names(item)
+    assert 'user.girder.creator_login' in names and 'user.girder.file.creator_login' in names
+    assert xa.get(item, 'user.girder.creator_login') == b'alice'
+    assert xa.get(item, 'user.girder.file.creator_login') == b'alice'
+    assert xa.get(folder, 'user.girder.creator_login') == b'alice'
+    assert xa.client.calls == [('GET', 'user/u1', None, None)]   # one, for every entry
+    assert err(xa.set, folder, 'user.girder.creator_login', b'bob') == errno.EPERM
+    xa.set(folder, 'user.girder.creator_login', b'alice')          # unchanged: accepted
+    assert err(xa.remove, folder, 'user.girder.creator_login') == errno.EPERM
+    gone = Node('folder', 'd2', 'x', {'_id': 'd2', 'creatorId': 'u2', 'meta': {}})
+    for _ in range(2):  # the server's "no such user" is kept too
+        assert 'user.girder.creator_login' not in xa.names(gone)
+        assert err(xa.get, gone, 'user.girder.creator_login') == errno.ENODATA
+    assert xa.client.calls.count(('GET', 'user/u2', None, None)) == 1
+    away = Node('folder', 'd3', 'y', {'_id': 'd3', 'creatorId': 'u3', 'meta': {}})
+    assert 'user.girder.creator_login' not in xa.names(away)       # no answer: left out,
+    assert 'user.girder.creator_login' not in xa.names(away)       # and asked again
+    assert xa.client.calls.count(('GET', 'user/u3', None, None)) == 2
 
 
 def test_file_fields_of_an_unknown_item_cost_one_load_only_when_asked(xa):

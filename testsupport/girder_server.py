@@ -1,9 +1,11 @@
 """Run a real Girder 5 server on in-memory mongomock (no mongod needed).
 
 Used by the test suite, the benchmark and the demo. Usage:
-    python testsupport/girder_server.py --port PORT [--fast-index]
+    python testsupport/girder_server.py --port PORT [--fast-index] [--dive-stub]
 --fast-index (or GIRDERFS_FAST_INDEX=1) loads testsupport/fast_index.py: hash indexes for
-mongomock.
+mongomock. --dive-stub loads testsupport/girder_plugins/dive_stub (DIVE's postprocess and export
+endpoints, for the README's recipes): its directory goes on this process's path, where Girder
+finds its ``girder.plugin`` entry point; nothing is installed.
 The database lives in memory: a restart is an empty server.
 """
 
@@ -20,6 +22,7 @@ import time
 import requests
 
 _mongomock_patched = False
+PLUGINS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'girder_plugins')
 
 
 def patch_mongomock() -> None:
@@ -64,7 +67,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument('--fast-index', action='store_true',
                         help='index mongomock lookups (for large benchmark trees; also '
                              'GIRDERFS_FAST_INDEX=1)')
+    parser.add_argument('--dive-stub', action='store_true',
+                        help='load the DIVE stub plugin (testsupport/girder_plugins)')
     args = parser.parse_args(argv)
+    if args.dive_stub:
+        # Girder loads every plugin whose entry point is on the path (girder/wsgi.py).
+        sys.path.insert(0, PLUGINS_DIR)
 
     os.environ.setdefault('GIRDER_WORKER_TASK_ALWAYS_EAGER', 'true')
     import mongomock
@@ -90,11 +98,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class GirderServer:
-    """A Girder test server in a child process, with an admin and a filesystem assetstore."""
+    """A Girder test server in a child process, with an admin and a filesystem assetstore
+    (and, with ``dive_stub``, the DIVE stub plugin)."""
 
-    def __init__(self, workdir: str, fast_index: bool = False, port: int | None = None) -> None:
+    def __init__(self, workdir: str, fast_index: bool = False, port: int | None = None,
+                 dive_stub: bool = False) -> None:
         self.workdir = workdir
         self.fast_index = fast_index_requested(fast_index)
+        self.dive_stub = dive_stub
         self.port = port or free_port()
         self.url = f'http://127.0.0.1:{self.port}/api/v1'
         self.proc: subprocess.Popen | None = None
@@ -110,6 +121,8 @@ class GirderServer:
         cmd = [sys.executable, os.path.abspath(__file__), '--port', str(self.port)]
         if self.fast_index:
             cmd.append('--fast-index')
+        if self.dive_stub:
+            cmd.append('--dive-stub')
         self.log = open(os.path.join(self.workdir, 'girder.log'), 'ab')
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=self.workdir)

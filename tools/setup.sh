@@ -11,6 +11,7 @@ command -v getfattr >/dev/null || need_apt+=(attr)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v rsync >/dev/null || need_apt+=(rsync)
 command -v sqlite3 >/dev/null || need_apt+=(sqlite3)
+command -v jq >/dev/null || need_apt+=(jq)  # the README's recipes (tests/test_dive_recipes.py)
 # The POSIX pass (tests/test_posix.py) runs these against a mount.
 command -v stress-ng >/dev/null || need_apt+=(stress-ng)
 command -v fs_mark >/dev/null || need_apt+=(fsmark)
