@@ -15,6 +15,7 @@ import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -36,6 +37,7 @@ FETCHED = '_girderfsFetched'
 AHEAD_DEPTH = 2
 AHEAD_LISTINGS = 32
 AHEAD_KINDS = frozenset({Kind.COLLECTION, Kind.USER, Kind.FOLDER})
+PAGES_WAIT = 900.0  # s: a folder's item pages, fetched beside its subfolders
 WALK_CAP = 12  # x ttl: how long a listing that keeps being used may be kept
 MOVE_IN_FLIGHT = 600.0  # s; a rename's requests are bounded by the retry rule well before
 MOVE_GRACE = 10.0  # s an answer fetched during a rename may take to reach its caller
@@ -184,6 +186,9 @@ class Namespace:
         # (Listings fetched ahead wait for item file lists on _pool: their own pool, so the
         # two never wait on each other's workers.)
         self._ahead = ThreadPoolExecutor(8, thread_name_prefix='girderfs-ahead')
+        # A folder's items are fetched here while its subfolders are fetched by the caller:
+        # a folder listing costs one round trip, not two (its tasks wait on nothing else).
+        self._pages = ThreadPoolExecutor(8, thread_name_prefix='girderfs-pages')
         self._ahead_keys: set[tuple[str, str | None]] = set()  # queued or being fetched
         self._mtime_refused = False
         self._created: set[str] = set()  # ids this mount created (copies being made)
@@ -592,11 +597,18 @@ class Namespace:
             for doc in c.paginate('user'):
                 entries.append((doc['login'], Node(Kind.USER, doc['_id'], doc['login'], doc)))
         elif node.kind in (Kind.COLLECTION, Kind.USER, Kind.FOLDER):
+            items_ahead = self._pages.submit(
+                lambda: list(c.paginate('item', folderId=node.id))) \
+                if node.kind == Kind.FOLDER else None
             for doc in c.paginate('folder', parentType=node.kind, parentId=node.id):
                 entries.append((doc['name'], Node(Kind.FOLDER, doc['_id'], doc['name'], doc)))
-            if node.kind == Kind.FOLDER:
-                items = [Node(Kind.ITEM, doc['_id'], doc['name'], doc)
-                         for doc in c.paginate('item', folderId=node.id)]
+            if items_ahead is not None:
+                try:  # (each request is bounded by the retry rule well before this)
+                    docs = items_ahead.result(timeout=PAGES_WAIT)
+                except FutureTimeout:
+                    raise GirderFSError(errno.EIO, f'listing the items of folder {node.id} '
+                                                   f'took over {PAGES_WAIT:.0f} s') from None
+                items = [Node(Kind.ITEM, doc['_id'], doc['name'], doc) for doc in docs]
                 self._read_item_files(items)
                 entries.extend((n.doc['name'], n) for n in items)
         elif node.kind == Kind.ITEM:
@@ -684,6 +696,7 @@ class Namespace:
 
     def close(self) -> None:
         self._ahead.shutdown(wait=False, cancel_futures=True)
+        self._pages.shutdown(wait=False, cancel_futures=True)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
