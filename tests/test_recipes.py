@@ -13,7 +13,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_girderfs, unique
+from conftest import girderfs_cmd, is_mounted, run_girderfs, unique
+from test_dive_recipes import recipe
 from test_everyday import file_bytes, lookup, wait_for
 
 
@@ -37,36 +38,39 @@ def m(module_mount):
     return module_mount()
 
 
-def test_upload_annotations_and_postprocess_hook(girder, module_mount, tmp_path):
-    """DIVE's uploadScript: the postprocess (the test server's DIVE stub, with DIVE's
-    preconditions) runs once for the dataset, after both files are on the server."""
+def test_create_a_dataset_and_postprocess_it_once(girder, tmp_path):
+    """DIVE's uploadScript, README's recipe as written: the postprocess (the test server's
+    DIVE stub, with DIVE's preconditions) runs once for the new dataset, after its files."""
     col = girder.collection(unique('DIVE'))
-    ds = girder.folder(col, 'ds')
-    girder.api('PUT', f'folder/{ds["_id"]}/metadata',
-               json={'annotate': True, 'type': 'video', 'fps': 30})
-    girder.file_item(ds, 'video.mp4', b'\0' * 1000)
-    hooked = module_mount('--on-folder-settled', 'POST dive_rpc/postprocess/{folderId}',
-                          '--settle', '0.5',
-                          '--on-upload', 'PUT item/{itemId}?description=uploaded+by+girderfs')
-    (tmp_path / 'result.csv').write_text('track,frame,x,y\n1,0,10,20\n')
-    (tmp_path / 'tracks.csv').write_text('track\n1\n')
-    sh('cp "$SRC/result.csv" "$SRC/tracks.csv" "$MP/collection/$C/ds/"', SRC=tmp_path,
-       MP=hooked.path, C=col['name'])
+    video, annotations = tmp_path / 'run7.mp4', tmp_path / 'run7.csv'
+    video.write_bytes(os.urandom(200_000))
+    annotations.write_text('track,frame,x,y\n1,0,10,20\n')
+    script = recipe('Create a dataset from a video').replace(
+        'girderfs mount "$URL" "$MP"',
+        'girderfs mount "$URL" "$MP" --cache-dir "$CACHE" --settle 0.5')
+    mp = tmp_path / 'mp'
+    mp.mkdir()
+    sh(script, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEO=video,
+       ANNOTATIONS=annotations, DIVE=mp / 'collection' / col['name'],
+       env={'GIRDER_TOKEN': girder.admin_token,  # girderfs on PATH, as users run it
+            'PATH': os.path.dirname(girderfs_cmd()[0]) + os.pathsep + os.environ['PATH']})
+    try:
+        ds = lookup(girder, f'/collection/{col["name"]}/run7')
+        assert (ds['meta']['type'], ds['meta']['fps']) == ('video', -1)  # fps a number
 
-    def calls() -> list[dict]:
-        return girder.api('GET', 'dive_stub/calls', params={'folderId': ds['_id']})
+        def calls() -> list[dict]:
+            return girder.api('GET', 'dive_stub/calls', params={'folderId': ds['_id']})
 
-    assert wait_for(lambda: calls() and hooked.status()['settled_pending'] == 0, 30), \
-        'the postprocess hook did not run on the dataset folder'
-    # once, after both files: it imported both (DIVE moves them into auxiliary/)
-    assert [(sorted(c['imported']), c.get('error')) for c in calls()] == \
-        [(['result.csv', 'tracks.csv'], None)]
-    item = lookup(girder, f'/collection/{col["name"]}/ds/auxiliary/result.csv')
-    assert item['description'] == 'uploaded by girderfs'  # the per-file hook ran first
-    assert file_bytes(girder, item['_id']) == b'track,frame,x,y\n1,0,10,20\n'
-    status = hooked.status()
-    assert (status['settled_done'], status['settled_failed']) == (1, 0)
-    assert status['hook_failures'] == []
+        assert wait_for(calls, 30), 'the postprocess hook did not run on the dataset'
+        assert run_girderfs('unmount', str(mp)).returncode == 0  # waits for pending calls
+        # once, after both files: it imported the annotations (into auxiliary/, as DIVE does)
+        assert [(c['imported'], c.get('error')) for c in calls()] == [(['run7.csv'], None)]
+        item = lookup(girder, f'/collection/{col["name"]}/run7/run7.mp4')
+        assert file_bytes(girder, item['_id']) == video.read_bytes()
+        assert lookup(girder, f'/collection/{col["name"]}/run7/auxiliary/run7.csv')
+    finally:
+        if is_mounted(mp):
+            run_girderfs('unmount', '--force', str(mp))
 
 
 def test_backup_and_restore_a_collection(girder, m, tmp_path):
