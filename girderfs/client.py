@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import re
 import threading
 import time
@@ -81,7 +82,7 @@ class GirderClient:
         self.stats = Stats()
         # Girder's connections, and the object stores': the Girder-Token header (and any
         # cookie Girder sets) travels only on the first, which never follows a redirect.
-        self.session = _session(verify, pool_size)
+        self.session = _session(verify, pool_size, self.api_url)
         self.objects = _session(verify, pool_size)
         self.use_credentials(credentials or Credentials())
         # Reachability: when the server last failed to answer at all, and who to tell when it
@@ -346,9 +347,19 @@ def _resendable(kwargs: dict) -> bool:
     return data is None or isinstance(data, (bytes, str, dict, list, tuple))
 
 
-def _session(verify: bool | str, pool_size: int) -> requests.Session:
+def _session(verify: bool | str, pool_size: int, base_url: str | None = None) -> requests.Session:
+    """A pooled session. With ``base_url`` (every request goes to that one host), the
+    environment (proxy variables, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE) is read once here:
+    requests reads it and ~/.netrc again for every request, 0.3-0.4 ms of CPU each (a quarter
+    of a metadata request's). ~/.netrc is not read at all: Girder takes a token."""
     session = requests.Session()
     session.verify = verify
+    if base_url is not None:
+        session.proxies = requests.utils.get_environ_proxies(base_url)  # honours no_proxy
+        if verify is True:
+            session.verify = os.environ.get('REQUESTS_CA_BUNDLE') \
+                or os.environ.get('CURL_CA_BUNDLE') or True
+        session.trust_env = False
     session.headers['User-Agent'] = f'girderfs/{__version__}'  # operators see who calls
     # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)

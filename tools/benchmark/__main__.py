@@ -23,6 +23,7 @@ from .probes import loadavg, machine_info
 from .report import TARGETS, evaluate, report
 from .s3 import S3Cases, mount_code
 from .wan import CASES as WAN_CASES
+from .wan import DEFAULT_CASES as WAN_DEFAULT
 from .wan import WanCases, tidy
 
 ENTRY = Path(__file__).resolve().parent.parent / 'bench.py'  # the command the README gives
@@ -59,7 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='seconds allowed for one ls/find (default 1800)')
     p.add_argument('--only', default=None,
                    help='cases to run, comma separated (P1 and P2 run together; default '
-                        'P1-P6, with --rtt W1-W7); the S3 cases S1,S2,S3 run only when named')
+                        'P1-P6, with --rtt W1-W7); S1,S2,S3 (S3 assetstore) and W8 run only '
+                        'when named')
     p.add_argument('--rtt', type=float, default=None, metavar='MS',
                    help='run the WAN cases W1-W7 through a latency proxy with this round-trip '
                         'time (0: the proxy without delay, for comparison)')
@@ -91,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.s3_mib = args.s3_mib or (64 if args.quick else 1024)
     args.rounds = max(1, args.rounds or (1 if args.quick else 3))
     if args.only is None:
-        args.only = ','.join(WAN_CASES) if args.rtt is not None else 'P1,P2,P3,P4,P5,P6'
+        args.only = ','.join(WAN_DEFAULT) if args.rtt is not None else 'P1,P2,P3,P4,P5,P6'
     args.only = {c.strip().upper() for c in args.only.split(',') if c.strip()}
     args.wan_mib = args.wan_mib or (64 if args.quick else 256)
     if args.only & set(WAN_CASES) and args.rtt is None:

@@ -10,6 +10,8 @@ round trip, ``--mbit N`` the bandwidth of each direction, shared by all connecti
   W5  cat of 100 small files (1-20 KB) of one folder    vs  girder-client downloadFolderRecursive
   W6  cp -r of 100 small files into the mount           vs  girder-client upload of the directory
   W7  mount start + first ls of the root                vs  a new girder-client asking user/me
+  W8  W4 over a tree 10x larger: 10 trees of W4's shape  vs  girder-client walking it
+      (310 folders, 2,400 items; only when named: --only W8)
 
 Every case gets a new mount (empty cache); the baselines run first. girder-client runs with
 a pooled connection (``with gc.session()``): without it each request opens a new connection,
@@ -45,14 +47,17 @@ if TYPE_CHECKING:
     from .cases import Bench
     from .mounts import Mount
 
-CASES = ('W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7')
+CASES = ('W1', 'W2', 'W3', 'W4', 'W5', 'W6', 'W7', 'W8')
+DEFAULT_CASES = CASES[:7]  # W8 seeds 2,400 items: only when named
 LIST_ITEMS = 1000
 TREE_FOLDERS, TREE_ITEMS = 30, 240
+TREES_W8 = 10  # W8: this many trees of W4's shape, side by side
 SMALL_FILES = 100
 RANDOM_READS = 50
 BASELINES = {'W1': 'curl', 'W2': 'ranged GET (pooled)', 'W3': 'girder-client list',
              'W4': 'girder-client walk', 'W5': 'girder-client download',
-             'W6': 'girder-client upload', 'W7': 'girder-client user/me'}
+             'W6': 'girder-client upload', 'W7': 'girder-client user/me',
+             'W8': 'girder-client walk'}
 
 
 def post_files(server: Any, jobs: list[tuple[str, str, bytes]], threads: int = 4) -> None:
@@ -100,7 +105,7 @@ class WanCases:
         g = ctx.server.g
         only = args.only
         wan = g.folder(col, 'wan')
-        for name in ('big', 'list', 'tree', 'small', 'up-girderfs', 'up-client'):
+        for name in ('big', 'list', 'tree', 'tree10', 'small', 'up-girderfs', 'up-client'):
             self.folders[name] = g.folder(wan, name)
         if only & {'W1', 'W2'}:
             size = args.wan_mib * MiB
@@ -115,9 +120,10 @@ class WanCases:
         if 'W3' in only:
             seed_items(ctx.server, self.folders['list'], LIST_ITEMS, threads=4)
         if 'W4' in only:
-            subs = [g.folder(self.folders['tree'], f'd{i:02d}') for i in range(TREE_FOLDERS)]
-            post_files(ctx.server, [(subs[i % TREE_FOLDERS]['_id'], f'f{i:03d}.txt',
-                                     f'tree item {i}\n'.encode()) for i in range(TREE_ITEMS)])
+            self.seed_tree(self.folders['tree'])
+        if 'W8' in only:
+            for j in range(TREES_W8):
+                self.seed_tree(g.folder(self.folders['tree10'], f't{j}'))
         self.small = small_files(17, SMALL_FILES)
         if 'W5' in only:
             post_files(ctx.server, [(self.folders['small']['_id'], name, data)
@@ -150,6 +156,13 @@ class WanCases:
                 getattr(self, case.lower())()
 
     # --- helpers -----------------------------------------------------------------------------
+    def seed_tree(self, parent: dict) -> None:
+        """W4's tree: TREE_FOLDERS folders under ``parent``, TREE_ITEMS items among them."""
+        g = self.ctx.server.g
+        subs = [g.folder(parent, f'd{i:02d}') for i in range(TREE_FOLDERS)]
+        post_files(self.ctx.server, [(subs[i % TREE_FOLDERS]['_id'], f'f{i:03d}.txt',
+                                      f'tree item {i}\n'.encode()) for i in range(TREE_ITEMS)])
+
     def client(self) -> Any:
         import girder_client
 
@@ -313,8 +326,15 @@ class WanCases:
         self.with_mount('W3', on_mount)
 
     def w4(self) -> None:
-        say(f'W4 find, then du -sb, over {TREE_FOLDERS} folders of {TREE_ITEMS} items')
-        root_id = self.folders['tree']['_id']
+        self.walk_case('W4', 'tree', TREE_FOLDERS, TREE_ITEMS)
+
+    def w8(self) -> None:
+        self.walk_case('W8', 'tree10', TREES_W8 * (1 + TREE_FOLDERS), TREES_W8 * TREE_ITEMS)
+
+    def walk_case(self, case: str, folder: str, folders: int, items: int) -> None:
+        """find, then du -sb, over the tree in ``folder`` (``folders`` + ``items`` entries)."""
+        say(f'{case} find, then du -sb, over {folders} folders of {items} items')
+        root_id = self.folders[folder]['_id']
 
         def walk() -> dict:
             gc = self.client()
@@ -330,12 +350,12 @@ class WanCases:
                         entries += 1
                         size += it['size']
             return {'entries': entries, 'bytes': size,
-                    'entries_ok': entries == TREE_FOLDERS + TREE_ITEMS}
+                    'entries_ok': entries == folders + items}
 
-        self.measure('W4', 'client', None, walk)
+        self.measure(case, 'client', None, walk)
 
         def on_mount(m: Mount) -> None:
-            path = self.mount_folder(m, 'tree')
+            path = self.mount_folder(m, folder)
 
             def find_du() -> dict:
                 t = time.perf_counter()
@@ -348,11 +368,11 @@ class WanCases:
                         'du_seconds': round(time.perf_counter() - t - t_find, 3),
                         'du': du.stdout.split('\t')[0],
                         'entries_ok': res.returncode == 0 and du.returncode == 0
-                        and n == TREE_FOLDERS + TREE_ITEMS}
+                        and n == folders + items}
 
-            self.measure('W4', 'girderfs', m, find_du)
+            self.measure(case, 'girderfs', m, find_du)
 
-        self.with_mount('W4', on_mount)
+        self.with_mount(case, on_mount)
 
     def w5(self) -> None:
         say(f'W5 cat of {SMALL_FILES} small files of one folder')
@@ -492,7 +512,8 @@ def report_lines(ctx: Bench) -> list[str]:
         'W1': f'W1 cold seq read {a.wan_mib} MiB', 'W2': f'W2 {RANDOM_READS} cold random 4K',
         'W3': f'W3 ls -l {LIST_ITEMS} items', 'W4': f'W4 find + du, {TREE_ITEMS} items',
         'W5': f'W5 cat {SMALL_FILES} small files', 'W6': f'W6 cp -r {SMALL_FILES} small files',
-        'W7': 'W7 mount + first ls /'}
+        'W7': 'W7 mount + first ls /',
+        'W8': f'W8 find + du, {TREES_W8 * TREE_ITEMS} items'}
     for case in CASES:
         res = R.get(case)
         if not res:
@@ -526,7 +547,7 @@ def report_lines(ctx: Bench) -> list[str]:
         gfs_s = fig(g, 'seconds')
         if case == 'W1' and g and 'error' not in g:
             gfs_s += f" ({fig(g, 'MBps')} MB/s)"
-        if case == 'W4' and g and 'error' not in g:
+        if case in ('W4', 'W8') and g and 'error' not in g:
             gfs_s += f" (find {g.get('find_seconds')}, du {g.get('du_seconds')})"
         if case == 'W7' and g and 'error' not in g:
             gfs_s += f" (mount {g.get('mount_seconds'):.2f})"
