@@ -380,9 +380,10 @@ def test_broken_server_answers(girder, col, tmp_path, key):
         with pytest.raises(OSError) as info:
             os.listdir(base)
         assert info.value.errno == errno.EIO
-        with pytest.raises(OSError) as info:
-            os.mkdir(base / 'newdir')  # resolving the parent needs a listing
-        assert info.value.errno == errno.EIO
+        if status < 500:  # (a 5xx is retried, 7 s per request: once is enough)
+            with pytest.raises(OSError) as info:
+                os.mkdir(base / 'newdir')  # resolving the parent needs a listing
+            assert info.value.errno == errno.EIO
         log = (m.cache_dir / 'girderfs.log').read_text()
         assert any(w in log for w in ('did not answer JSON', 'expected a list', 'HTTP 502')), \
             log[-2000:]
