@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import logging
 import os
 import threading
@@ -185,49 +184,8 @@ def _close_all(fds: Iterable[int]) -> None:
             pass
 
 
-READDIR_PLUS = 1  # libfuse's FUSE_READDIR_PLUS: the kernel asked for entries with attributes
-FILL_DIR_PLUS = 2  # libfuse's FUSE_FILL_DIR_PLUS: this entry's stat is complete
-
-
 class FUSE(mfusepy.FUSE):
-    """mfusepy's FUSE, with read_buf also for files without a path (unlinked while open),
-    readdirplus, and attribute names we never keep answered without a trip into Python."""
-
-    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
-        # ls -l asks every entry for security.selinux and system.posix_acl_access; FUSE caches
-        # no answer to either, so each is a round trip into the daemon (0.2 ms, 0.4 s of an
-        # ls -l of 1,000 entries). We keep only user.* names: say "none" at once.
-        if not name.startswith(b'user.'):
-            return -errno.ENODATA
-        return super().getxattr(path, name, value, size, *args)
-
-    def readdir_fuse_3(self, path: bytes | None, buf: Any, filler: Any, offset: int, fip: Any,
-                       flags: int) -> int:
-        """Entries from position ``offset`` on, in chunks from ``operations.readdir_chunk``,
-        each with its position, so libfuse passes readdirplus attributes on (for entries filled
-        at position 0 libfuse 3.14 drops them). With READDIR_PLUS, an entry whose full stat
-        the operations know is filled with it: ls -l then needs no LOOKUP per entry (0.24 ms
-        each). libfuse counts a lookup for the entry that no longer fits in the reply too
-        (a node kept per readdir reply at most; harmless)."""
-        chunk = getattr(self.operations, 'readdir_chunk', None)
-        if chunk is None:
-            return super().readdir_fuse_3(path, buf, filler, offset, fip, flags)
-        fh = fip.contents.fh if fip else 0
-        name = None if path is None else path.decode(self.encoding, self.errors)
-        plus = bool(flags & READDIR_PLUS)
-        st = mfusepy.c_stat()
-        size = ctypes.sizeof(st)
-        while True:
-            entries = chunk(name, fh, offset, plus)
-            if not entries:
-                return 0
-            for entry, attrs, full in entries:
-                ctypes.memset(ctypes.byref(st), 0, size)
-                mfusepy.set_st_attrs(st, attrs, use_ns=self.use_ns)
-                offset += 1
-                if filler(buf, entry.encode(self.encoding, self.errors), st, offset,
-                          FILL_DIR_PLUS if full else 0) != 0:
-                    return 0
+    """mfusepy's FUSE, with read_buf also for files without a path (unlinked while open)."""
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         fh = fip.contents if self.raw_fi else fip.contents.fh

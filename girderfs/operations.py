@@ -18,15 +18,12 @@ from .fuselib import LateClose, configure, mfusepy, reply_buffers
 from .namespace import Node
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
 from .util import Counter, Tally
-from .view import FUSE_HIDDEN, STATUS_PATH, View, join, split
+from .view import FUSE_HIDDEN, STATUS_PATH, View, split
 from .writer import PendingFile, Writer
 
 log = logging.getLogger(__name__)
 
 F = TypeVar('F', bound=Callable[..., Any])
-# Entries computed per readdir call: a reply holds ~25-200 (a page to a getdents buffer); the
-# full stat of those past the reply's end is computed again by the next call.
-DIR_CHUNK = 128
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # Calls on open files, which work while the credentials are refused (see fuse_op).
@@ -126,8 +123,6 @@ class GirderOperations(mfusepy.Operations):
         self._handles_lock = threading.Lock()
         self._fh = Counter()
         self.calls = Tally()  # FUSE calls by operation, for the status file
-        self._dirs: dict[int, list] = {}  # open directory handle -> its listing (readdir_chunk)
-        self._dirs_lock = threading.Lock()
         self._last_key: dict[int, str] = {}  # inode -> content key at its last open
         self.status_file: Callable[[], bytes] | None = None  # its content (set by mount.build)
         self.on_init = on_init  # called once libfuse has started (the mount answers soon)
@@ -167,34 +162,6 @@ class GirderOperations(mfusepy.Operations):
     @fuse_op
     def readdir(self, path: str, fh: int) -> list:
         return self.view.listing(path)
-
-    @fuse_op
-    def opendir(self, path: str) -> int:
-        return self._fh.next()
-
-    def releasedir(self, path: str | None, fh: int) -> int:
-        with self._dirs_lock:
-            self._dirs.pop(fh, None)
-        return 0
-
-    @fuse_op
-    def readdir_chunk(self, path: str, fh: int, offset: int, plus: bool) -> list:
-        """Up to DIR_CHUNK (name, attrs, full) entries of the directory open as ``fh`` from
-        position ``offset`` (see ``fuselib.FUSE.readdir_fuse_3``); with ``plus``, attrs is
-        the full stat where it is known (full=True). Position 0, also after rewinddir, takes
-        a new listing; later positions read the one taken then, so they stay stable."""
-        with self._dirs_lock:
-            entries = self._dirs.get(fh) if offset else None
-        if entries is None:
-            entries = self.view.listing(path, nodes=True)
-            with self._dirs_lock:
-                self._dirs[fh] = entries
-        out = []
-        for name, attrs, node in entries[offset:offset + DIR_CHUNK]:
-            full = self.view.listed_attr(join(path, name), node) \
-                if plus and node is not None else None
-            out.append((name, full or attrs, full is not None))
-        return out
 
     @fuse_op
     def statfs(self, path: str) -> dict:

@@ -50,11 +50,6 @@ SIBLING_MAX = 1 << 20  # bytes: only files this small
 SIBLING_GAP = 2.0  # s between two opens in a directory that make it a sequence
 
 
-def join(parent: str, name: str) -> str:
-    """The path of ``name`` in the directory ``parent``."""
-    return f'{parent.rstrip("/")}/{name}'
-
-
 def split(path: str) -> tuple[str, str]:
     """(parent path, name) of ``path``."""
     parent, _, name = path.rstrip('/').rpartition('/')
@@ -158,10 +153,9 @@ class View:
                     raise
         return self._server_attr(self.ns.resolve(path))
 
-    def _server_attr(self, node: Node, fetch: bool = True) -> dict | None:
+    def _server_attr(self, node: Node) -> dict:
         """stat of a server entry, with the mtime remembered for its file's content, if any
-        (``localtimes``; ctime stays the server's, never before the content's last change).
-        None if that needs a request and ``fetch`` is False."""
+        (``localtimes``; ctime stays the server's, never before the content's last change)."""
         attr = self.ns.getattr(node)
         if self.times is None or node.is_dir:
             return attr
@@ -171,8 +165,6 @@ class View:
             # time is remembered for it (the row must be checked against its file's content).
             if not self.times.known_item(node.id):
                 return attr
-            if not fetch:
-                return None
             try:
                 self.ns.load_files(node)
             except GirderFSError as exc:
@@ -279,38 +271,24 @@ class View:
             self.times.forget(**{'item_id' if node.kind == Kind.ITEM else 'file_id': node.id})
 
     # --- listings -------------------------------------------------------------------------
-    def listing(self, path: str, nodes: bool = False) -> list:
-        """readdir entries: the server's listing plus new files not uploaded yet, as
-        (name, {st_mode, st_ino}, 0); with ``nodes``, (name, {st_mode, st_ino}, node), node
-        None for '.', '..' and new files (see ``listed_attr``)."""
+    def listing(self, path: str) -> list:
+        """readdir entries: the server's listing plus new files not uploaded yet."""
         node = self.ns.resolve(path)
         if not node.is_dir:
             raise GirderFSError(errno.ENOTDIR, 'not a directory')
-        dot = {'st_mode': stat.S_IFDIR}
-        out: list = [('.', dot, None), ('..', dot, None)] if nodes else ['.', '..']
+        out: list = ['.', '..']
         listing = self.ns.children(node)
         self.ns.read_ahead(node)
         for name, child in listing.items():
-            attrs = {'st_mode': stat.S_IFDIR if child.is_dir else stat.S_IFREG,
-                     'st_ino': self.ns.inode(child)}
-            out.append((name, attrs, child if nodes else 0))
+            out.append((name, {'st_mode': stat.S_IFDIR if child.is_dir else stat.S_IFREG,
+                               'st_ino': self.ns.inode(child)}, 0))
         if self.writer:
             for d in self.writer.in_dir(path):
                 name = split(d.path)[1]
                 if name not in listing:
-                    attrs = {'st_mode': stat.S_IFREG,
-                             'st_ino': self.ns.inode_for(('dirty', d.entry))}
-                    out.append((name, attrs, None if nodes else 0))
+                    out.append((name, {'st_mode': stat.S_IFREG,
+                                       'st_ino': self.ns.inode_for(('dirty', d.entry))}, 0))
         return out
-
-    def listed_attr(self, path: str, node: Node) -> dict | None:
-        """What ``attr(path)`` answers for an entry just listed as ``node``, or None where
-        that takes a request or local state (a file with local changes, an unlinked open
-        file): the kernel then looks the entry up as before."""
-        if split(path)[1].startswith(FUSE_HIDDEN) or self.pending(path) is not None:
-            return None
-        attr = self._server_attr(node, fetch=False)
-        return None if attr is None else self.with_local_times(attr)
 
     def _is_empty(self, node: Node, path: str) -> bool:
         return not self.ns.children(node) and not self.writer.in_dir(path)

@@ -14,7 +14,7 @@ import subprocess
 import time
 
 import pytest
-from conftest import girder_time_ns, unique
+from conftest import unique
 
 from testsupport.faultproxy import wait_for
 from testsupport.mounting import run_girderfs
@@ -133,36 +133,3 @@ def test_small_files_read_one_after_another_are_fetched_ahead(girder, mount):
     assert (d / 'f14.txt').read_bytes() == data['f14.txt']
     assert (d / 'f15.txt').read_bytes() == new
 
-
-def test_ls_l_takes_attributes_from_the_listing(tree, mount, girder):
-    """readdirplus: ``ls -l`` makes no lookup per entry, and the names ls asks every entry for
-    (security.selinux, system.posix_acl_access) never reach the daemon; what it shows is the
-    server's."""
-    col, root = tree
-    m = mount('--root', f'/collection/{col["name"]}', '--attr-timeout', '30')
-    folder = m.path / 'tree' / 'a2'
-    os.listdir(m.path / 'tree')  # look the folder up (and its listing ahead)
-    settled(m)
-    before = m.status()['fuse_calls']
-    out = run('ls', '-l', '--time-style=+%s', str(folder))
-    after = m.status()['fuse_calls']
-    shown = {}
-    for line in out.splitlines()[1:]:
-        fields = line.split()
-        shown[fields[-1]] = (fields[0][0], int(fields[4]), int(fields[5]))
-    a2 = girder.api('GET', 'folder', token=girder.admin_token,
-                    params={'parentType': 'folder', 'parentId': root['_id'], 'name': 'a2'})[0]
-    items = girder.api('GET', 'item', token=girder.admin_token, params={'folderId': a2['_id']})
-    assert {n: (t, size) for n, (t, size, _) in shown.items()} == {
-        **{f'b{j}': ('d', shown[f'b{j}'][1]) for j in range(SUB)},
-        **{i['name']: ('-', i['size']) for i in items}}
-    assert len(items) == ITEMS
-    for i in items:  # the item's update time, to the second
-        updated = girder_time_ns(i['updated']) // 10**9
-        assert shown[i['name']][2] == updated, (i['name'], shown[i['name']], i['updated'])
-    entries = SUB + ITEMS
-    assert after.get('getattr', 0) - before.get('getattr', 0) < entries // 2, (before, after)
-    assert after.get('getxattr', 0) == before.get('getxattr', 0), (before, after)
-    # The attributes still come from the daemon for names it keeps.
-    name = items[0]['name']
-    assert os.getxattr(folder / name, 'user.girder.id').decode() == items[0]['_id']
