@@ -41,6 +41,12 @@ PAGES_WAIT = 900.0  # s: a folder's item pages, fetched beside its subfolders
 WALK_CAP = 12  # x ttl: how long a listing that keeps being used may be kept
 MOVE_IN_FLIGHT = 600.0  # s; a rename's requests are bounded by the retry rule well before
 MOVE_GRACE = 10.0  # s an answer fetched during a rename may take to reach its caller
+# st_blksize of what the server has: a local disk's. Programs size their read buffers by it
+# (Python's open(), stdio): with 1 MiB, tifffile's 11 small reads of a tiled TIFF became 1 MiB
+# reads, and the mount fetched 36 MiB for one tile and a pyramid level (issue 17, item 5).
+# Sequential reads stay large: the kernel's read-ahead sizes FUSE reads, not the program.
+# (Files being written keep 1 MiB, view.py: cp writes into the mount in pieces that large.)
+SERVER_BLKSIZE = 4096
 
 
 @dataclass(eq=False)
@@ -344,7 +350,8 @@ class Namespace:
         return {
             'st_mode': mode, 'st_nlink': nlink, 'st_size': size, 'st_ino': self.inode(node),
             'st_uid': self.uid, 'st_gid': self.gid, 'st_mtime': updated, 'st_ctime': ctime,
-            'st_atime': updated, 'st_blocks': (size + 511) // 512, 'st_blksize': 1 << 20,
+            'st_atime': updated, 'st_blocks': (size + 511) // 512,
+            'st_blksize': SERVER_BLKSIZE,
         }
 
     def _dir_links(self, node: Node) -> int:

@@ -28,7 +28,11 @@ from .remote import Remote, RemoteFile
 log = logging.getLogger(__name__)
 
 MiB = 1 << 20
-PIECE = 64 << 10  # unit of random reads that miss the block cache
+# Unit of random reads that miss the block cache. A request costs about the same up to 1 MiB
+# here, but bytes count on slow or metered links: 50 SQLite point queries (4 KiB pages far
+# apart) fetched 5.4 MiB for 357 KiB asked with 64 KiB pieces, 1.4 MiB with these, in 89
+# requests instead of 86 (tools/bench.py F4).
+PIECE = 16 << 10
 LARGE_READ = 128 << 10  # a read this large, next to the last one, grows the prefetch window
 LONG_RUN = MiB  # and so do small reads next to each other once they add up to this
 FATAL_ERRNOS = frozenset({errno.EACCES, errno.ENOENT, errno.EPERM, errno.ESTALE})
@@ -81,7 +85,8 @@ class ReadPattern:
         self.window = 0
         self.prefetched_to = 0  # block index up to which network prefetch has been scheduled
         self.loaded_to = 0  # block index up to which disk blocks are being loaded ahead
-        self.run = 0  # bytes read in the current sequential run
+        self.run = 0  # bytes read on from the current run's first read (after a seek)
+        self.continued = 0  # reads that went on from it
 
 
 class Reader:
@@ -164,7 +169,8 @@ class Reader:
         ahead = range(0)
         if stream is not None:
             ahead = self._prefetch_after(f, offset, end, last, stream)
-            if not stream.window and first == last:
+            if not stream.window and (first == last
+                                      or last == first + 1 and end - offset < self.bs):
                 small = self._read_small(f, offset, end)
                 if small is not None:
                     return [small]
@@ -203,21 +209,28 @@ class Reader:
                                     range(0, (f.size - 1) // self.bs + 1)).values())
 
     def _read_small(self, f: RemoteFile, offset: int, end: int) -> bytes | None:
-        """A random read inside one block that is not at hand: read or fetch only its pieces.
+        """A random read inside one block, or of less than a block across a block boundary,
+        whose blocks are not at hand: read or fetch only its pieces.
 
         A whole block costs a random 4 KiB read a 1 MiB transfer (about twice a small ranged
         request here) and a 1 MiB read from disk once cached; pieces of ``PIECE`` bytes don't.
-        None means: use the block path (the block is in memory or already coming).
+        A read across a boundary would cost two blocks (a Parquet footer of 64 KiB: 2 MiB).
+        None means: use the block path (a block is in memory, coming, or, across a boundary,
+        on disk).
         """
-        idx = offset // self.bs
-        key = (f.ckey, idx)
+        first, last = offset // self.bs, (end - 1) // self.bs
         with self._lock:
-            if key in self._mem or key in self._inflight:
+            if any((f.ckey, idx) in self._mem or (f.ckey, idx) in self._inflight
+                   for idx in range(first, last + 1)):
                 return None
-        data = self._stored_range(f, idx, idx * self.bs, self._block_len(f, idx), offset, end)
-        if data is not None:
-            self._count_small('disk')
-            return data
+        if first == last:
+            data = self._stored_range(f, first, first * self.bs, self._block_len(f, first),
+                                      offset, end)
+            if data is not None:
+                self._count_small('disk')
+                return data
+        elif self.store.contains(f.ckey, first) or self.store.contains(f.ckey, last):
+            return None
         first, last = offset // PIECE, (end - 1) // PIECE
         parts: dict[int, bytes] = {}  # per piece, the bytes of it this read wants
         missing = []
@@ -375,18 +388,34 @@ class Reader:
             # Kernel read-ahead on several FUSE threads reorders reads: "near the last end"
             # counts as sequential. cat (fadvise SEQUENTIAL: two ~1 MiB requests in flight)
             # arrived 2 MiB behind and reset the window with a 1 MiB margin (warm 0.46 s/256 MiB;
-            # 0.33 s with this one).
-            slack = max(stream.window, MiB)
+            # 0.33 s with this one). Ahead, two reads in flight may come in either order: a
+            # read up to 2 MiB past the last end goes on from it too (while the window is still
+            # small: it opens only once a stream is clear, see below).
+            slack = max(stream.window, 2 * MiB)
             near = stream.next_offset - max(slack, 4 * MiB) <= offset <= stream.next_offset + slack
             start = offset == 0 and stream.next_offset == 0
             sequential = start or (near and stream.next_offset > 0)
-            stream.run = stream.run + end - offset if sequential else end - offset
-            # A few small reads next to each other are a format's index or header (a tiled
-            # TIFF's IFDs, HDF5's B-tree), not a stream: the window opens on the first read of
-            # the file (so a small file is one request) and grows on large reads (the kernel's
-            # read-ahead sends those for sequential reading) or a long run only. A 4-read start
-            # had fetched 39 MiB for one tile of a 63 MiB TIFF.
-            if start or sequential and (end - offset >= LARGE_READ or stream.run >= LONG_RUN):
+            size = end - offset
+            if sequential and not start:
+                stream.run += size
+                stream.continued += 1
+            else:
+                stream.run = stream.continued = 0
+            # Random access in a file format (issue 17, item 5; tools/bench.py F1-F4) is a few
+            # small reads next to each other (a TIFF's IFDs, HDF5's B-tree, SQLite's pages) and
+            # reads far apart, some large: not a stream. So the window opens
+            # - on the file's first read only if it is large (the kernel's read-ahead sends
+            #   large reads to a sequential reader) or the file small (one request for all of
+            #   it): a header read of an 84 MiB TIFF had fetched 2 MiB;
+            # - after a seek, on the second large read that goes on from it, or once 1 MiB
+            #   has followed it in small reads: the kernel splits a read of more than max_read
+            #   (992 KiB) in two, and a Parquet column chunk of 1 MiB had opened the window.
+            if start:
+                grow = size >= LARGE_READ or f.size <= self.bs + self.first_window
+            else:
+                grow = sequential and (stream.run >= LONG_RUN or size >= LARGE_READ and (
+                    stream.window > 0 or stream.continued >= 2))
+            if grow:
                 stream.window = min(self.max_window,
                                     max(self.first_window, stream.window * self.window_growth))
             elif not sequential:

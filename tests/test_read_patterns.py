@@ -79,6 +79,9 @@ def test_sequential_backwards_random(tree, mount):
 def test_block_boundaries(tree, mount):
     m = mount('--block-size', '256K')
     data = tree['files']['edge.bin']
+    # A local disk's st_blksize: programs size their read buffers by it (Python, stdio), and
+    # 1 MiB made every small random read a 1 MiB one.
+    assert os.stat(mnt_path(m, 'edge.bin')).st_blksize == 4096
     fd = os.open(mnt_path(m, 'edge.bin'), os.O_RDONLY)
     try:
         for k in range(1, 5):

@@ -407,6 +407,7 @@ def test_read_after_write_before_close(girder, mount, area):
         os.write(fd, data)
         assert os.pread(fd, len(data) + 10, 0) == data
         assert os.stat(p).st_size == len(data)
+        assert os.fstat(fd).st_blksize == 1 << 20  # cp writes in pieces this large
         assert p.read_bytes() == data  # another handle, read-only
         assert 'raw.bin' in os.listdir(p.parent)
         os.pwrite(fd, b'XYZ', 1000)

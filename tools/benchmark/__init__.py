@@ -26,6 +26,13 @@ its baseline through testsupport/latency.py; tools/benchmark/wan.py), in seconds
   W5  cat of 100 small files of one folder                                vs  girder-client
   W6  cp -r of 100 small files into the mount                             vs  girder-client
   W7  mount start + first ls of the root                                  vs  girder-client
+Random access in real file formats (issue 17; run only when named: --only F1,F2,F3,F4; through
+the latency proxy with --rtt; tools/benchmark/formats.py), bytes fetched against bytes asked:
+  F1  tiled pyramidal TIFF (tifffile): one tile of level 0 + the whole lowest level
+  F2  chunked HDF5 (h5py): one chunk's hyperslab of a 2-D dataset
+  F3  Parquet (pyarrow): one column of one row group
+  F4  SQLite: 50 point queries by primary key
+  F1-F3 need the benchmark extra: pip install -e '.[bench]' (numpy, tifffile, h5py, pyarrow).
 --girderfs-pythonpath DIR runs the mounts on another checkout (before/after figures).
 --s3-process runs the object store (moto, with the ranged-GET patch) in its own process and
 points the assetstore straight at it, without the proxy, so it does not share the bench's GIL
@@ -41,5 +48,6 @@ Run as root (dropping the page cache needs it):
     /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 [--girderfs-pythonpath /tmp/wt-old]
     /tmp/venv/bin/python tools/bench.py --only S1,S2,S3 --s3-process
     /tmp/venv/bin/python tools/bench.py --rtt 40 --mbit 800    # W1-W7, a few minutes
+    /tmp/venv/bin/python tools/bench.py --only F1,F2,F3,F4 [--rtt 40]   # ~1 minute
 Progress goes to stderr; the report (one table of ratios) to stdout; all figures to --json.
 """

@@ -18,6 +18,8 @@ from . import __doc__ as benchmark_doc
 from .cases import Bench
 from .common import COLLECTION, BenchError, MiB, fmt_bytes, say
 from .data import Server, make_local_file, seed_items, upload_local_file, wait_sha512
+from .formats import CASES as FORMAT_CASES
+from .formats import FormatCases
 from .mounts import PEER_PACKAGE, PEER_VENV, setup_peer
 from .probes import loadavg, machine_info
 from .report import TARGETS, evaluate, report
@@ -60,11 +62,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help='seconds allowed for one ls/find (default 1800)')
     p.add_argument('--only', default=None,
                    help='cases to run, comma separated (P1 and P2 run together; default '
-                        'P1-P6, with --rtt W1-W7); S1,S2,S3 (S3 assetstore) and W8 run only '
-                        'when named')
+                        'P1-P6, with --rtt W1-W7); S1,S2,S3 (S3 assetstore), W8 and the '
+                        'format cases F1,F2,F3,F4 run only when named')
     p.add_argument('--rtt', type=float, default=None, metavar='MS',
                    help='run the WAN cases W1-W7 through a latency proxy with this round-trip '
-                        'time (0: the proxy without delay, for comparison)')
+                        'time (0: the proxy without delay, for comparison); the F-cases named '
+                        'with --only go through it too')
     p.add_argument('--mbit', type=float, default=None,
                    help='with --rtt: bandwidth of each direction of the emulated link')
     p.add_argument('--wan-mib', type=int, default=None,
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         need += args.s3_mib * 3 * MiB  # the local file, a mount's cache, the cp's spool
     if args.only & {'W1', 'W2'}:
         need += args.wan_mib * 3 * MiB  # the local file, a mount's cache, the server's copy
+    need += len(args.only & set(FORMAT_CASES)) * 92 * MiB * 2  # the local file, the server's
     free = shutil.disk_usage(ctx.workdir).free
     if free < need:
         print(f'bench: {ctx.workdir} has {fmt_bytes(free)} free, needs about {fmt_bytes(need)}',
@@ -138,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {'loadavg_start': loadavg()}
     s3cases = S3Cases(ctx)
     wancases = WanCases(ctx)
+    formatcases = FormatCases(ctx)
     if meta['loadavg_start'] > 0.5:
         say(f'warning: load average {meta["loadavg_start"]}: other jobs will disturb the figures')
     try:
@@ -206,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.only & set(WAN_CASES):
             wancases.setup(col)
             wancases.run()
+        if args.only & set(FORMAT_CASES):
+            formatcases.setup(col)
+            formatcases.run()
     except KeyboardInterrupt:
         interrupted = True
         say('interrupted: cleaning up')
@@ -218,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
                 m.stop()
         s3cases.stop()
         wancases.stop()
+        formatcases.stop()
         tidy(ctx)
         if ctx.server and ctx.server.g.proc:
             meta['girder_version'] = (getattr(ctx.server, 'version', None) or {}).get(

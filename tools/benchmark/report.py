@@ -7,7 +7,7 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import s3, wan
+from . import formats, s3, wan
 from .common import PAGE_SIZE, MiB, fmt_bytes, text_table
 from .mounts import PEER_PACKAGE
 
@@ -247,6 +247,7 @@ def report(ctx: Bench, meta: dict, verdicts: dict) -> str:
                          'rerun on a quiet machine')
     lines.extend(s3.report_lines(ctx, verdicts))
     lines.extend(wan.report_lines(ctx))
+    lines.extend(formats.report_lines(ctx))
     if ctx.notes:
         lines.append('')
         lines.extend(f'note: {n}' for n in ctx.notes)
