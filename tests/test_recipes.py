@@ -27,6 +27,12 @@ def sh(script: str, cwd: Path | None = None, env: dict | None = None, **variable
     return res.stdout
 
 
+def local_tree(root: Path) -> dict[str, bytes]:
+    """Every file under ``root``, by relative path: its bytes."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*'))
+            if p.is_file()}
+
+
 def write_tree(root: Path, files: dict[str, bytes]) -> None:
     for rel, data in files.items():
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
