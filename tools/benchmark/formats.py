@@ -33,7 +33,7 @@ from testsupport.latency import ProxyProcess
 
 from .common import BenchError, MiB, bounded, say, text_table
 from .data import upload_local_file, wait_sha512
-from .mounts import GirderfsMount
+from .mounts import with_new_mount
 from .probes import Probe, sha256_file
 
 if TYPE_CHECKING:
@@ -126,18 +126,8 @@ class FormatCases:
         for case in self.cases():
             if case not in self.files:
                 continue
-            m = None
-            try:
-                say(f'  mounting girderfs (format-{case.lower()})')
-                m = GirderfsMount(self.ctx, f'format-{case.lower()}', self.ctx.args.cache_size)
-                m.api_url = self.url
-                m.start()
-                self.measure(case, m)
-            except BenchError as exc:
-                self.ctx.store(case, 'girderfs', {'error': str(exc)})
-            finally:
-                if m:
-                    m.stop()
+            with_new_mount(self.ctx, case, f'format-{case.lower()}', self.url,
+                           lambda m, case=case: self.measure(case, m))
 
     # --- one case ----------------------------------------------------------------------------
     def measure(self, case: str, m: Mount) -> None:

@@ -199,6 +199,23 @@ class GirderfsMount(Mount):
             return None
 
 
+def with_new_mount(ctx: Bench, case: str, name: str, api_url: str, body: Any) -> None:
+    """``body(m)`` on a new girderfs mount ``name`` of ``api_url`` (the server's when empty),
+    stopped after; a BenchError becomes the case's girderfs result."""
+    m = None
+    try:
+        say(f'  mounting girderfs ({name})')
+        m = GirderfsMount(ctx, name, ctx.args.cache_size)
+        m.api_url = api_url or None
+        m.start()
+        body(m)
+    except BenchError as exc:
+        ctx.store(case, 'girderfs', {'error': str(exc)})
+    finally:
+        if m:
+            m.stop()
+
+
 class PeerMount(Mount):
     kind = 'peer'
 

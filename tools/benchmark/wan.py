@@ -40,7 +40,7 @@ from testsupport.latency import ProxyProcess
 
 from .common import BenchError, MiB, bounded, run_cmd, say, text_table
 from .data import make_local_file, seed_items, upload_local_file, wait_sha512
-from .mounts import GirderfsMount
+from .mounts import GirderfsMount, with_new_mount
 from .probes import Probe, proc_cpu
 
 if TYPE_CHECKING:
@@ -170,12 +170,6 @@ class WanCases:
         gc.setToken(self.ctx.server.g.admin_token)
         return gc
 
-    def mount(self, name: str) -> Mount:
-        say(f'  mounting girderfs ({name}) through the proxy')
-        m = GirderfsMount(self.ctx, f'wan-{name}', self.ctx.args.cache_size)
-        m.api_url = self.url
-        return m.start()
-
     def measure(self, case: str, system: str, mount: Mount | None, fn) -> dict:
         """Run ``fn`` (returns extra figures) under a Probe; store and return the result."""
         def body() -> dict:
@@ -205,16 +199,15 @@ class WanCases:
         if self.rtt > 0 and 'seconds' in r:
             r['round_trips'] = round(r['seconds'] / (self.rtt / 1000), 1)
 
+    def mount(self, name: str) -> Mount:
+        """A new mount through the proxy, started here (W7 times the start itself)."""
+        say(f'  mounting girderfs ({name}) through the proxy')
+        m = GirderfsMount(self.ctx, f'wan-{name}', self.ctx.args.cache_size)
+        m.api_url = self.url
+        return m.start()
+
     def with_mount(self, case: str, body) -> None:
-        m = None
-        try:
-            m = self.mount(case.lower())
-            body(m)
-        except BenchError as exc:
-            self.ctx.store(case, 'girderfs', {'error': str(exc)})
-        finally:
-            if m:
-                m.stop()
+        with_new_mount(self.ctx, case, f'wan-{case.lower()}', self.url, body)
 
     def mount_folder(self, m: Mount, name: str) -> str:
         return m.file(f'wan/{name}')
