@@ -58,6 +58,21 @@ def server_is_empty(girder, folder: dict) -> bool:
     return not folders and not items
 
 
+def left_behind(girder, where: Path, folder: dict, timeout: float = 15) -> list[str]:
+    """What a tool left in ``where`` (in the mount, then on the server) once the last closes of
+    its files arrived. The kernel sends RELEASE after the process exits, asynchronously, and a
+    file unlinked while open keeps libfuse's ``.fuse_hiddenXXXX`` name until then (seen once on a
+    loaded CI host); anything left after ``timeout`` seconds is returned."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = os.listdir(where)
+        if not names and server_is_empty(girder, folder):
+            return []
+        if time.monotonic() > deadline:
+            return names or ['(the server still holds entries)']
+        time.sleep(0.2)
+
+
 @pytest.mark.parametrize('stressor', SUPPORTED)
 def test_stress_ng_stressor(girder, posix, stressor):
     where, folder = workdir(girder, posix, f'sng-{stressor}')
@@ -67,8 +82,7 @@ def test_stress_ng_stressor(girder, posix, stressor):
     assert res.returncode == 0, out
     assert 'fail:' not in out and 'skipping' not in out, out
     # stress-ng removes what it made; so must the server have.
-    assert os.listdir(where) == []
-    assert server_is_empty(girder, folder)
+    assert left_behind(girder, where, folder) == []
 
 
 @pytest.mark.parametrize('stressor', sorted(UNSUPPORTED))
@@ -80,8 +94,7 @@ def test_stress_ng_finds_unsupported_features(girder, posix, stressor):
     assert res.returncode in (0, 3), out  # 3: stressor skipped
     assert UNSUPPORTED[stressor] in out, out
     assert 'fail:' not in out, out
-    assert os.listdir(where) == []
-    assert server_is_empty(girder, folder)
+    assert left_behind(girder, where, folder) == []
 
 
 def test_fs_mark_files_reach_the_server(girder, posix):
