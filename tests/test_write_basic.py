@@ -254,7 +254,8 @@ def test_a_file_unlinked_while_open_for_reading_stays_readable(girder, mount, ar
         fh.close()
     assert wait_for(lambda: girder.api('GET', 'item', params={'folderId': folder['_id']})
                     == [], 10), 'not deleted at the last close'
-    assert os.listdir(m.cache_dir / 'unlinked') == []
+    # (its record goes just after the server's answer)
+    assert wait_for(lambda: os.listdir(m.cache_dir / 'unlinked') == [], 10)
     assert os.listdir(top) == []
 
 
