@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import os
 import threading
@@ -185,7 +186,16 @@ def _close_all(fds: Iterable[int]) -> None:
 
 
 class FUSE(mfusepy.FUSE):
-    """mfusepy's FUSE, with read_buf also for files without a path (unlinked while open)."""
+    """mfusepy's FUSE, with read_buf also for files without a path (unlinked while open), and
+    attribute names we never keep answered without a trip through the operations."""
+
+    def getxattr(self, path: bytes, name: bytes, value: Any, size: int, *args: Any) -> int:
+        # ls -l asks every entry for security.selinux, and the kernel asks for
+        # security.capability before writes; FUSE caches no answer, and each went through the
+        # operations (credentials check, path resolution). We keep only user.* names.
+        if not name.startswith(b'user.'):
+            return -errno.ENODATA
+        return super().getxattr(path, name, value, size, *args)
 
     def read_buf(self, path: bytes | None, bufpp: Any, size: int, offset: int, fip: Any) -> int:
         fh = fip.contents if self.raw_fi else fip.contents.fh

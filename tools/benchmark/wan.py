@@ -309,10 +309,15 @@ class WanCases:
             path = self.mount_folder(m, 'list')
 
             def ls() -> dict:
+                calls = (m.status() or {}).get('fuse_calls', {})
                 res = run_cmd(['ls', '-l', path], self.ctx.args.timeout, 'ls',
                               capture_output=True)
                 n = res.stdout.count(b'\n') - 1  # the "total" line
-                return {'entries': n, 'entries_ok': res.returncode == 0 and n == LIST_ITEMS}
+                after = (m.status() or {}).get('fuse_calls', {})
+                # (the status file's own open, read and release count too)
+                return {'entries': n, 'entries_ok': res.returncode == 0 and n == LIST_ITEMS,
+                        'fuse_calls': {k: v - calls.get(k, 0) for k, v in after.items()
+                                       if v != calls.get(k, 0)}}
 
             self.measure('W3', 'girderfs', m, ls)
 
