@@ -16,7 +16,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -186,12 +186,7 @@ class Reader:
                     parts.append(FdPart(value.fd, lo, hi - lo))
                     continue
                 if isinstance(value, Future):
-                    try:
-                        value = value.result(timeout=self.wait_timeout)
-                    except FutureTimeout:
-                        raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not '
-                                                       f'received in {self.wait_timeout:.0f} s'
-                                            ) from None
+                    value = self._wait(f, idx, value, got, range(idx, last + 1))
                 if isinstance(value, Written):
                     parts.append(FdPart(os.dup(value.fd), lo, hi - lo))
                 else:
@@ -200,6 +195,35 @@ class Reader:
             close_parts([*got.values(), *parts])
             raise
         return parts
+
+    def _wait(self, f: RemoteFile, idx: int, fut: Future, got: dict, rest: range
+              ) -> bytes | Written:
+        """The block a fetch under way delivers; bounded by ``wait_timeout``.
+
+        Fetches are shared by content, and another file may have the same content (a copy:
+        a rename over a file makes one, and deletes the original). If the fetch was for that
+        other file and failed (it was deleted, say), this read's blocks that it failed are
+        fetched again for this file (one request), once: this file's readers must not fail
+        with the other file's error. ``got`` (the read's blocks) is updated for the rest.
+        """
+        for attempt in (1, 2):
+            try:
+                return fut.result(timeout=self.wait_timeout)
+            except FutureTimeout:
+                raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not received '
+                                               f'in {self.wait_timeout:.0f} s') from None
+            except GirderFSError as exc:
+                other = getattr(exc, 'file_id', f.file_id)
+                if other == f.file_id or attempt == 2:
+                    raise
+                log.debug('file %s: the fetch of its content for file %s failed (%s); '
+                          'fetching it for this file', f.file_id, other, exc.reason)
+            redo = [i for i in rest if i == idx or _failed_for_other(got[i], f.file_id)]
+            got.update(self._claim(f, redo, self._demand))
+            fut = got[idx]
+            if not isinstance(fut, Future):
+                return fut
+        raise AssertionError('unreachable')
 
     def warm(self, f: RemoteFile) -> None:
         """Fetch the whole of ``f`` into the cache in the background (a file a program is
@@ -314,7 +338,7 @@ class Reader:
     def _block_len(self, f: RemoteFile, idx: int) -> int:
         return min(self.bs, f.size - idx * self.bs)
 
-    def _claim(self, f: RemoteFile, indices: range, pool: ThreadPoolExecutor,
+    def _claim(self, f: RemoteFile, indices: Sequence[int], pool: ThreadPoolExecutor,
                ahead: range = range(0)) -> dict[int, Future | bytes | FdPart]:
         """Per block of ``indices``: its bytes if in memory, its open file if on disk, else a
         future that is shared if the block is in flight or a new fetch is queued. The caller
@@ -462,6 +486,8 @@ class Reader:
     def _settle(self, f: RemoteFile, idx: int, fut: Future, data: bytes | Written | None,
                 error: BaseException | None = None) -> None:
         key = (f.ckey, idx)
+        if error is not None:
+            error.file_id = f.file_id  # whose download failed (see _wait)
         if isinstance(data, bytes):
             self._remember(key, data)
         with self._lock:
@@ -579,6 +605,14 @@ class Written:
     def __init__(self, fd: int) -> None:
         self.fd = fd
         weakref.finalize(self, os.close, fd)
+
+
+def _failed_for_other(value: object, file_id: str) -> bool:
+    """Whether ``value`` is a block fetch that failed for a file other than ``file_id``."""
+    if not isinstance(value, Future) or not value.done():
+        return False
+    exc = value.exception()
+    return exc is not None and getattr(exc, 'file_id', file_id) != file_id
 
 
 def _runs(indices: list[int], max_len: int) -> list[list[int]]:

@@ -12,6 +12,7 @@ import hashlib
 import os
 import random
 import threading
+import time
 
 import pytest
 from fakeremote import FaultyRemote
@@ -264,3 +265,48 @@ def test_random_reads_of_a_format_fetch_at_most_twice_what_they_ask(stack):
     for i, off in enumerate(range(10 * MiB + 777, 10 * MiB + 777 + 3 * split, split)):
         assert reader.read(f, off, split, s2) == data[off:off + split]
         assert (s2.window > 0) == (i == 2), i
+
+
+def test_a_copy_s_reader_does_not_get_the_error_of_a_shared_fetch_for_the_original(stack):
+    """Fetches are shared by content, and a copy has the original's (a rename over a file
+    copies the source into the target's item and deletes the source). If the fetch a reader
+    joined was for the original and failed because it was deleted, the copy's blocks are
+    fetched again for the copy (seen: an append got ENOENT right after a rename onto it)."""
+    remote, _, reader = stack()
+    data = os.urandom(3 * MiB)
+    a = RemoteFile.from_doc(remote.add_file('a.bin', data))
+    b_doc = remote.add_file('b.bin', data)
+    b = RemoteFile(b_doc['_id'], a.size, a.ckey, a.sha512, a.stamp, None)  # same content key
+    started, go = threading.Event(), threading.Event()
+
+    def deleted(_remote):
+        started.set()
+        assert go.wait(10)
+        raise GirderFSError(errno.ENOENT, f'GET file/{a.file_id}/download: HTTP 400 Invalid '
+                                          f'file id', http_status=400)
+
+    remote.inject('download', deleted)
+    results: dict[str, object] = {}
+
+    def read(name, f):
+        try:
+            results[name] = reader.read(f, 0, f.size)
+        except GirderFSError as exc:
+            results[name] = exc.errno
+
+    ta = threading.Thread(target=read, args=('a', a))
+    ta.start()
+    assert started.wait(10)
+    tb = threading.Thread(target=read, args=('b', b))
+    tb.start()
+    # b's read joins a's fetch under way (its blocks count as found, not fetched).
+    deadline = time.monotonic() + 10
+    while reader.counts()['memory'] < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert reader.counts()['memory'] == 3 and remote.count('download') == 1
+    go.set()
+    ta.join(10)
+    tb.join(10)
+    assert results['a'] == errno.ENOENT
+    assert results['b'] == data
+    assert [c[1] for c in remote.calls if c[0] == 'download'] == [a.file_id, b.file_id]
