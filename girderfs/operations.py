@@ -248,7 +248,11 @@ class GirderOperations(mfusepy.Operations):
             if handle.remote is None:
                 raise GirderFSError(errno.EIO, f'{path}: its local changes are gone')
         remote = self.reader.current(handle.remote)
-        handle.remote = remote
+        if remote is not handle.remote:
+            # New content this mount uploaded into the file: the node the handle was opened
+            # on still shows the old, and fstat on the handle must not answer from it (the
+            # kernel would take its size, cutting every reader's next read short).
+            handle.remote, handle.node = remote, None
         return self.reader.read_parts(remote, offset, size, handle.stream)
 
     @fuse_op

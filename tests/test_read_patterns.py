@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from writeutil import drop_page_cache
 
 from testsupport.faultproxy import wait_for
 
@@ -39,13 +40,6 @@ def tree(girder):
 
 def mnt_path(m, name: str):
     return m.path / 'collection' / 'ReadPatterns' / 'f' / name
-
-
-def drop_page_cache() -> None:
-    """Make the kernel ask the mount again (the tests run as root)."""
-    os.sync()
-    with open('/proc/sys/vm/drop_caches', 'w') as fh:
-        fh.write('3')
 
 
 def replace_content(girder, item: dict, data: bytes) -> None:

@@ -14,6 +14,7 @@ import time
 
 import pytest
 from writeutil import (
+    drop_page_cache,
     item_files,
     lookup,
     make_area,
@@ -228,6 +229,40 @@ def test_a_rewrite_with_the_same_bytes_is_not_uploaded(girder, area, proxy, moun
     assert len(proxy.requests('PUT', r'/contents')) == 1
     assert server_file(girder, f'{gp}/same.bin')['sha512'] == sha(changed)
     assert pending(m) == ([], [])
+
+
+def test_a_handle_open_across_an_append_then_stats_the_new_size(girder, mount, area):
+    """A file read through a handle opened before another handle appended to it: reading on
+    gives the new content, and the size the kernel asks through the old handle is the new
+    one, not the size the file had when the handle was opened (the kernel takes that size for
+    every reader: seen as 'read 106 bytes, model has 112' under 16 threads)."""
+    folder, gp = area
+    m = mount('--attr-timeout', '1')
+    p = mpath(m, gp) / 'grow.txt'
+    p.write_bytes(b'a' * 100)
+    want = b'a' * 100 + b'b' * 7
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert os.pread(fd, 10, 0) == b'a' * 10
+        with open(p, 'ab') as fh:
+            fh.write(b'b' * 7)
+        # The old handle's next read reaches the mount once the appending handle is released
+        # (the kernel sends that after close returns) and the page cache dropped.
+        assert wait_for(lambda: not os.listdir(m.cache_dir / 'spool'), 10)
+        drop_page_cache()
+        assert os.pread(fd, 4096, 0) == want
+        other = os.open(p, os.O_RDONLY)  # (open now: no lookup refreshes the size later)
+        try:
+            time.sleep(1.5)  # the attributes expire: a read at the end asks the size via fd
+            assert os.pread(fd, 4096, len(want)) == b''
+            assert os.pread(other, 4096, 0) == want
+        finally:
+            os.close(other)
+    finally:
+        os.close(fd)
+    assert p.read_bytes() == want
+    (item,) = girder.api('GET', 'item', params={'folderId': folder['_id']})
+    assert item['size'] == 107
 
 
 def test_a_file_unlinked_while_open_for_reading_stays_readable(girder, mount, area):

@@ -195,6 +195,13 @@ def make_area(girder, col: dict, request) -> tuple[dict, str]:
     return folder, f'/collection/{col["name"]}/{name}'
 
 
+def drop_page_cache() -> None:
+    """Make the kernel ask the mount again (the tests run as root)."""
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as fh:
+        fh.write('3')
+
+
 def mpath(m, girder_path: str):
     """Where a Girder path appears in mount ``m``."""
     return m.path / girder_path.lstrip('/')
