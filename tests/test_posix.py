@@ -102,8 +102,8 @@ def test_fs_mark_files_reach_the_server(girder, posix):
     # Two processes, each in its own directory: fs_mark seeds each process's random names
     # with the microsecond it starts at, so two processes in one directory can make the same
     # 20 names (the likely cause of 20 files where 40 were expected, once in CI; fs_mark exits
-    # 0 then, as it opens without O_EXCL). fs_mark takes directory names
-    # shorter than 40 bytes: relative ones, from inside.
+    # 0 then, as it opens without O_EXCL). It takes directory names shorter than 40 bytes:
+    # relative ones, from inside.
     res = run(['fs_mark', '-d', 'a', '-d', 'b', '-n', '20', '-s', '65536', '-t', '2', '-S', '1',
                '-k', '-L', '1'], where)
     assert res.returncode == 0, res.stdout + res.stderr
