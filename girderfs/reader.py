@@ -213,11 +213,10 @@ class Reader:
                 raise GirderFSError(errno.EIO, f'file {f.file_id}: block {idx} not received '
                                                f'in {self.wait_timeout:.0f} s') from None
             except GirderFSError as exc:
-                other = getattr(exc, 'file_id', f.file_id)
-                if other == f.file_id or attempt == 2:
+                if attempt == 2 or not _failed_for_other(fut, f.file_id):
                     raise
                 log.debug('file %s: the fetch of its content for file %s failed (%s); '
-                          'fetching it for this file', f.file_id, other, exc.reason)
+                          'fetching it for this file', f.file_id, exc.file_id, exc.reason)
             redo = [i for i in rest if i == idx or _failed_for_other(got[i], f.file_id)]
             got.update(self._claim(f, redo, self._demand))
             fut = got[idx]
