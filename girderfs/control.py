@@ -113,8 +113,9 @@ def format_status(mountpoint: str, info: dict) -> str:
             line += f'  (last error: {p["error"]})'
         lines.append(line)
     hooks = info.get('hook_failures', [])
-    if hooks:
-        lines.append(f'  hooks       {len(hooks)} failed: ' + '; '.join(hooks[-3:]))
+    if hooks or info.get('hooks_pending'):
+        lines.append(f'  hooks       {len(hooks)} failed, {info.get("hooks_pending", 0)} '
+                     'upload(s) pending' + (': ' + '; '.join(hooks[-3:]) if hooks else ''))
     if info.get('settled_hooks'):
         line = (f'  settled     {info.get("settled_done", 0)} done, '
                 f'{info.get("settled_failed", 0)} failed, {info.get("settled_pending", 0)} '
@@ -169,7 +170,8 @@ def _until(iso: str) -> str:
 
 
 def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> str | None:
-    """Wait until the mount has no pending upload and no settled hook left to call (once the
+    """Wait until the mount has no pending upload, no upload hook queued and no settled hook
+    left to call (once the
     uploads are done, it is asked, by SIGUSR1, to call those at once rather than wait out
     ``--settle``). Return None then, else what is still pending and why: at the timeout, or
     at once while the server refuses the mount's credentials (nothing can complete then)."""
@@ -179,10 +181,12 @@ def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> str 
         uploads = len(info.get('pending_uploads', []))
         # (a mount older than settled hooks has no such field: it is never signalled)
         hooks = info.get('settled_pending', 0)
-        if not uploads and not hooks:
+        upload_hooks = info.get('hooks_pending', 0)
+        if not uploads and not hooks and not upload_hooks:
             return None
         left = f'{uploads} upload(s) pending' if uploads else \
-            f'settled hooks of {hooks} folder(s)/item(s) pending'
+            f'settled hooks of {hooks} folder(s)/item(s) pending' if hooks else \
+            f'upload hooks of {upload_hooks} upload(s) pending'
         if (info.get('auth') or {}).get('state') == 'refused':
             return f'{left}: the server refuses the mount\'s credentials'
         if time.monotonic() >= deadline:

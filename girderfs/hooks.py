@@ -73,19 +73,33 @@ def _reason(exc: Exception) -> str:
 
 
 class UploadHooks:
-    """Runs the ``--on-upload`` hooks, one at a time, after uploads complete."""
+    """Runs the ``--on-upload`` hooks, one at a time, after uploads complete. ``pending``
+    counts uploads whose hooks are not finished (``girderfs unmount`` waits for them; ``close``
+    too, at most ``CLOSE_TIMEOUT``)."""
 
     def __init__(self, client: GirderClient, hooks: list[tuple[str, str]]) -> None:
         self.client = client
         self.hooks = hooks
         self._pool = ThreadPoolExecutor(1, thread_name_prefix='girderfs-hooks')
-        self._lock = threading.Lock()
+        # _idle's lock (a leaf) guards the counters and failures; no request is sent under it.
+        self._idle = threading.Condition()
         self.failures: deque[str] = deque(maxlen=50)
         self.done = 0
+        self.pending = 0
 
     def submit(self, d: PendingFile, file_doc: dict) -> None:
         if self.hooks:
-            self._pool.submit(self._run, d.path, d.parent_kind, d.parent_id, file_doc)
+            with self._idle:
+                self.pending += 1
+            self._pool.submit(self._run_counted, d.path, d.parent_kind, d.parent_id, file_doc)
+
+    def _run_counted(self, *args) -> None:
+        try:
+            self._run(*args)
+        finally:
+            with self._idle:
+                self.pending -= 1
+                self._idle.notify_all()
 
     def _run(self, path: str, parent_kind: str, parent_id: str, file_doc: dict) -> None:
         item_id = file_doc.get('itemId') or (parent_id if parent_kind == Kind.ITEM else '')
@@ -98,20 +112,29 @@ class UploadHooks:
                                            folderId=folder_id,
                                            path=urllib.parse.quote(path, safe=''))
                 self.client.request(method, endpoint, kind='hook')
-                with self._lock:
+                with self._idle:
                     self.done += 1
                 log.info('hook %s %s done for %s', method, endpoint, path)
             except (GirderFSError, KeyError, TypeError) as exc:
                 reason = _reason(exc)
                 log.error('hook %s %s failed for %s: %s', method, template, path, reason)
-                with self._lock:
+                with self._idle:
                     self.failures.append(f'{method} {template} ({path}): {reason}')
 
     def status(self) -> dict:
-        with self._lock:
-            return {'hooks_done': self.done, 'hook_failures': list(self.failures)}
+        with self._idle:
+            return {'hooks_done': self.done, 'hooks_pending': self.pending,
+                    'hook_failures': list(self.failures)}
 
-    def close(self) -> None:
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Wait, at most ``timeout`` seconds, for the hooks of completed uploads; drop the
+        rest with one log line."""
+        with self._idle:
+            self._idle.wait_for(lambda: self.pending == 0, timeout)
+            left = self.pending
+        if left:
+            log.warning('upload hooks of %d upload(s) not called: still pending after %.0f s',
+                        left, timeout)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 

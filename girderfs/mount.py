@@ -108,9 +108,10 @@ class Layers:
         return (json.dumps(self.status(), indent=1, sort_keys=True) + '\n').encode()
 
     def close(self) -> None:
-        """Stop what ``destroy`` does not (settled hooks still due are called first, then the
-        credentials thread, the block store, the times store)."""
+        """Stop what ``destroy`` does not (upload hooks still queued and settled hooks still due
+        are called first, then the credentials thread, the block store, the times store)."""
         self.settled.close()
+        self.hooks.close()
         self.client.auth.stop()
         self.store.close()
         if self.view.times is not None:

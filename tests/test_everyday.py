@@ -362,6 +362,34 @@ def test_upload_hooks_run_and_failures_show_in_status(girder, data, mount):
     assert 'hook POST nonexistent/{itemId} failed' in log
 
 
+def test_unmount_waits_for_queued_upload_hooks(girder, data, points, tmp_path):
+    """Hooks run one at a time after the uploads: three files' slow hooks (the proxy holds
+    each 1.5 s) are still queued when the last close returns; `girderfs unmount` waits for
+    them, and status shows them pending meanwhile."""
+    proxy = proxy_for(girder)
+    try:
+        proxy.add('delay', method='PUT', path=r'/item/[0-9a-f]{24}\?description=', seconds=1.5)
+        mp = points()
+        res = run_girderfs('mount', proxy.url, str(mp), '--cache-dir', str(tmp_path / 'c'),
+                           '--on-upload', 'PUT item/{itemId}?description=hooked',
+                           env={'GIRDER_TOKEN': girder.admin_token})
+        assert res.returncode == 0, res.stderr
+        names = [unique('queued') + f'-{i}.txt' for i in range(3)]
+        for name in names:
+            (mp / 'collection' / data['name'] / 'dataset' / name).write_bytes(b'hook me\n')
+        assert status_of(mp)['hooks_pending'] >= 1
+        res = run_girderfs('status', str(mp))
+        assert 'upload(s) pending' in res.stdout, res.stdout
+        res = run_girderfs('unmount', str(mp), '--timeout', '60', timeout=120)
+        assert res.returncode == 0, res.stderr
+        assert not is_mounted(mp)
+        for name in names:  # every hook had landed when unmount returned
+            item = lookup(girder, f'/collection/{data["name"]}/dataset/{name}')
+            assert item and item['description'] == 'hooked', name
+    finally:
+        proxy.stop()
+
+
 def test_bad_hook_is_a_one_line_error(girder, points, tmp_path):
     res = run_girderfs('mount', girder.url, str(points()), '--cache-dir', str(tmp_path / 'c'),
                        '--on-upload', 'FETCH item/{itemId}')
