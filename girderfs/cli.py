@@ -168,7 +168,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if not 0 <= args.settle < 1e6:  # (also refuses nan and inf)
         raise CliError(f'--settle wants seconds (0 or more), got {args.settle}')
     mountpoint = check_mountpoint(args.mountpoint)
-    verify = args.ca_bundle or True
+    verify = ca_bundle(args.ca_bundle)
     client = GirderClient(args.api_url, read_timeout=args.timeout, verify=verify)
     version = check_server(client)
     who = authenticate(client, args)
@@ -334,6 +334,16 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     return 0
 
 
+def ca_bundle(path: str | None) -> str | bool:
+    """``--ca-bundle`` as requests' ``verify``: an absolute path (the status file hands it to
+    ``girderfs upload``), or True (the system's CAs)."""
+    if not path:
+        return True
+    if not os.path.isfile(path):
+        raise CliError(f'--ca-bundle {path}: no such file')
+    return os.path.abspath(path)
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
     from .auth import ANONYMOUS
     from .client import GirderClient
@@ -348,7 +358,9 @@ def cmd_upload(args: argparse.Namespace) -> int:
     def connect() -> GirderClient:
         """The client for the REST calls the mount cannot make (new items, hash checks)."""
         if not clients:
-            client = GirderClient(status['api_url'])
+            # The mount's CA bundle unless one is given: the same server, the same trust.
+            client = GirderClient(status['api_url'],
+                                  verify=ca_bundle(args.ca_bundle or status.get('ca_bundle')))
             authenticate(client, args)
             if client.auth.source == ANONYMOUS:
                 raise CliError('upload needs --api-key-file, GIRDER_API_KEY, GIRDER_TOKEN or '

@@ -95,6 +95,7 @@ class Layers:
                 'pid': os.getpid(), 'started': self.started, 'mountpoint': c.mountpoint,
                 'cache_dir': c.cache_dir, 'cache_limit': c.cache_size,
                 'read_only': c.read_only, 'attr_timeout': c.attr_timeout,
+                'ca_bundle': c.verify if isinstance(c.verify, str) else None,
                 'reads': self.reader.counts(),
                 'uploaded_bytes': w.uploaded_bytes if w else 0,
                 'unchanged_skips': w.unchanged_skips if w else 0,

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument('--api-key-file', help='file holding a Girder API key')
     up.add_argument('--username', help='log in as this user (password from GIRDER_PASSWORD '
                                        'or a prompt)')
+    up.add_argument('--ca-bundle', help='CA bundle for TLS verification (default: the '
+                                        "mount's --ca-bundle)")
     up.add_argument('-v', '--verbose', action='store_true',
                     help='print each folder and item made and each file uploaded or skipped')
     return p
