@@ -10,12 +10,12 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_girderfs, unique
-from test_everyday import wait_for
+from conftest import ROOT, girderfs_cmd, run_girderfs, unique
 
 README = (ROOT / 'README.md').read_text()
 TRUTHY = (True, 'true', 'True', 1)  # DIVE's TRUTHY_META_VALUES
@@ -32,6 +32,8 @@ def sh(script: str, cwd: Path, **variables) -> subprocess.CompletedProcess:
     """Run a recipe with bash (-e, pipefail); ``variables`` become environment variables."""
     env = dict(os.environ, **{k: str(v) for k, v in variables.items()})
     env.pop('GIRDER_TOKEN', None)
+    # girderfs on PATH, as users run it
+    env['PATH'] = os.path.dirname(girderfs_cmd()[0]) + os.pathsep + env['PATH']
     res = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=cwd, env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, f'{script}\nstdout: {res.stdout}\nstderr: {res.stderr}'
@@ -248,73 +250,95 @@ def test_sync_annotations_as_a_non_admin_keeps_items_and_sends_nothing_twice(
     script = recipe('(DIVE\n`syncAnnotationsScript.py`')
     alice = dive['users']['alice']
     m = module_mount('--attr-timeout', '1', token=alice['token'])
+    keyfile = tmp_path / 'key'
+    keyfile.write_text(girder.api('POST', 'api_key', token=alice['token'],
+                                  params={'name': unique('sync')})['key'])
+    keyfile.chmod(0o600)
     local = tmp_path / 'annotations'
     files = {'projectA/2024/clip1.mp4/clip1.csv': b'1,clip1,0\n2,clip1,5\n',   # changed
              'projectA/2024/clip1.mp4/extra.json': b'{"tracks": {"1": {}}}',   # new
              'projectA/2024/clip2.mp4/clip2.csv': b'1,clip2,3\n',              # new, bob's
              'projectB/notes/notes.csv': b'not a dataset\n',
              'projectB/missing/x.csv': b'no such folder\n'}
-    for rel, data in files.items():
-        (local / rel).parent.mkdir(parents=True, exist_ok=True)
-        (local / rel).write_bytes(data)
+    write_local(local, files)
     folders = dive['folders']
-    clip1 = folders['projectA/2024/clip1.mp4']
-    before = {p: tree_state(girder, f) for p, f in folders.items() if '/' not in p}
+    clip1, clip2 = folders['projectA/2024/clip1.mp4'], folders['projectA/2024/clip2.mp4']
+
+    def state() -> dict:
+        return {p: tree_state(girder, f) for p, f in folders.items() if '/' not in p}
+
+    def calls() -> list[tuple[str, bool, bool, list]]:
+        return [(c['folderId'], c['skipJobs'], c['skipTranscoding'], c.get('imported'))
+                for c in girder.api('GET', 'dive_stub/calls') if c['user'] == alice['login']]
+
+    before, calls0 = state(), calls()
     csv_before = lookup_item(girder, clip1, 'clip1.csv')
+    file_before = girder.api('GET', f'item/{csv_before["_id"]}/files')[0]
     drive = m.path / 'collection' / dive['name']
 
-    res = sh(script, tmp_path, MP=m.path, DIVE=drive)
+    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
     assert 'no dataset at ./projectB/notes: skipped' in res.stderr
     assert 'no dataset at ./projectB/missing: skipped' in res.stderr
-    after = {p: tree_state(girder, f) for p, f in folders.items() if '/' not in p}
-    # Nothing deleted, nothing else changed; the rewritten file kept its item, file and meta.
-    changed = {f'{top}/{k}' for top in after for k in after[top]
-               if before[top].get(k) != after[top][k]}
-    assert changed == {'projectA/2024/clip1.mp4/clip1.csv', 'projectA/2024/clip1.mp4/extra.json',
-                       'projectA/2024/clip2.mp4/clip2.csv'}
-    assert all(k in after[top] for top in before for k in before[top])
-    csv_after = lookup_item(girder, clip1, 'clip1.csv')
-    assert csv_after['_id'] == csv_before['_id'] and csv_after['meta'] == {'reviewed': True}
-    old_files = before['projectA']['2024/clip1.mp4/clip1.csv'][2]
-    new_files = after['projectA']['2024/clip1.mp4/clip1.csv'][2]
-    assert [f[0] for f in new_files] == [f[0] for f in old_files]     # the same file id
-    for rel in list(files)[:3]:
-        ds, name = rel.rsplit('/', 1)
-        item = lookup_item(girder, folders[ds], name)
+    assert sorted(res.stdout.split('\n')[:-1]) == sorted(f'sent ./{r}' for r in list(files)[:3])
+    # One postprocess per dataset that received files, after them: it imported them all.
+    assert calls()[len(calls0):] == [(clip1['_id'], True, True, ['clip1.csv', 'extra.json']),
+                                     (clip2['_id'], True, True, ['clip2.csv'])]
+    after = state()
+    # Nothing deleted; what changed is what the script changes: the files sent, now moved
+    # into auxiliary/ by the postprocess.
+    changed = {f'{top}/{k}' for top in after for k in after[top].keys() | before[top].keys()
+               if before[top].get(k) != after[top].get(k)}
+    moved = {'projectA/2024/clip1.mp4/auxiliary/clip1.csv',
+             'projectA/2024/clip1.mp4/auxiliary/extra.json',
+             'projectA/2024/clip2.mp4/auxiliary/clip2.csv'}
+    assert changed == moved | {'projectA/2024/clip1.mp4/clip1.csv'}
+    assert 'clip1.mp4/clip1.csv' not in after['projectA'].get('2024', {})
+    assert all(k in after[top] for top in before for k in before[top]
+               if k != '2024/clip1.mp4/clip1.csv')
+    # The rewritten file kept its item, its file and its metadata (DIVE added "processed").
+    aux1 = lookup_item(girder, subfolder(girder, clip1, 'auxiliary'), 'clip1.csv')
+    assert aux1['_id'] == csv_before['_id'] and aux1['meta'] == {'reviewed': True,
+                                                                'processed': True}
+    assert girder.api('GET', f'item/{aux1["_id"]}/files')[0]['_id'] == file_before['_id']
+    for rel in moved:
+        item_path, name = rel.rsplit('/', 1)
+        ds = item_path.removesuffix('/auxiliary')
+        item = lookup_item(girder, subfolder(girder, folders[ds], 'auxiliary'), name)
         assert item['creatorId'] == alice['id'] or name == 'clip1.csv'
         files_of = girder.api('GET', f'item/{item["_id"]}/files')
-        assert download(girder, f'file/{files_of[0]["_id"]}/download') == files[rel]
+        assert download(girder, f'file/{files_of[0]["_id"]}/download') == files[f'{ds}/{name}']
     assert lookup_missing(girder, dive, 'projectB/missing') is None
     assert [i['name'] for i in girder.api('GET', 'item', params={
         'folderId': folders['projectB/notes']['_id']})] == ['readme.txt']
 
-    # Run again: nothing sent, nothing changed on the server.
-    def state() -> dict:
-        return {p: tree_state(girder, f) for p, f in folders.items() if '/' not in p}
-
-    s0, state0 = m.status()['stats']['by_kind'], state()
-    sh(script, tmp_path, MP=m.path, DIVE=drive)
+    # Run again (after the kernel's --attr-timeout, as the README says): nothing sent,
+    # nothing called, nothing changed on the server.
+    time.sleep(1.5)
+    s0, state0, calls1 = m.status()['stats']['by_kind'], state(), calls()
+    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
     s1 = m.status()['stats']['by_kind']
-    assert state() == state0
+    assert res.stdout == '' and calls() == calls1 and state() == state0
     assert (s1.get('upload', 0), s1.get('change', 0)) == (s0.get('upload', 0),
                                                           s0.get('change', 0)), s1
 
-    # DIVE's postprocess moves bob's new file into auxiliary/: the next run sends it again
-    # (as the README says), and only it.
-    clip2 = folders['projectA/2024/clip2.mp4']
-    girder.api('POST', f'dive_rpc/postprocess/{clip2["_id"]}', token=alice['token'])
-    imported = lookup_item(girder, folders['projectA/2024/clip2.mp4/auxiliary'], 'clip2.csv')
-    refresh(m)
-    moved = drive / 'projectA/2024/clip2.mp4/clip2.csv'
-    # (A name the kernel looked up stays until --attr-timeout passes, refresh or not.)
-    assert wait_for(lambda: not moved.exists(), 30)
-    state1 = state()
-    sh(script, tmp_path, MP=m.path, DIVE=drive)
-    state2 = state()
-    changed = {f'{top}/{k}' for top in state2 for k in state2[top]
-               if state1[top].get(k) != state2[top][k]}
-    assert changed == {'projectA/2024/clip2.mp4/clip2.csv'}
-    assert lookup_item(girder, clip2, 'clip2.csv')['_id'] != imported['_id']
+    # A changed file is sent again, and only its dataset postprocessed.
+    write_local(local, {'projectA/2024/clip2.mp4/clip2.csv': b'1,clip2,3\n2,clip2,9\n'})
+    time.sleep(1.5)
+    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
+    assert res.stdout == 'sent ./projectA/2024/clip2.mp4/clip2.csv\n'
+    assert calls()[len(calls1):] == [(clip2['_id'], True, True, ['clip2.csv'])]
+
+
+def write_local(root: Path, files: dict[str, bytes]) -> None:
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+
+
+def subfolder(girder, parent: dict, name: str) -> dict:
+    found = [f for f in subfolders(girder, parent) if f['name'] == name]
+    assert len(found) == 1, (parent['name'], name)
+    return found[0]
 
 
 def lookup_missing(girder, dive, rel: str):
