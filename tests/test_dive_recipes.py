@@ -70,14 +70,18 @@ LAYOUT = {
                                 {'deep.mp4': b'\3' * 200}),
     'projectB/group/later.mp4': ('alice', {'type': 'video', 'fps': 29.97}, 3,
                                  {'later.mp4': b'\4' * 100}),
+    # made by a user since deleted: Girder clears creatorId, DIVE's userCount skips it
+    'projectB/gone.mp4': ('dave', {'type': 'video', 'fps': 30, 'originalFps': 29.97}, 50,
+                          {'gone.mp4': b'\5' * 50}),
 }
+GONE = ('dave',)  # users deleted once the tree is made
 
 
 @pytest.fixture(scope='module')
 def dive(girder):
     """A DIVE collection: datasets owned by three users, created 3 to 500 days ago."""
     users = {'admin': {'token': girder.admin_token}}
-    for name in ('alice', 'bob', 'carol'):
+    for name in ('alice', 'bob', 'carol', 'dave'):
         login = unique(name)
         doc = girder.create_user(login, 'password123')
         users[name] = {'login': login, 'id': doc['_id'],
@@ -85,7 +89,7 @@ def dive(girder):
     col = girder.collection(unique('DIVE'))
     girder.api('PUT', f'collection/{col["_id"]}/access', params={'public': 'true', 'access':
                json.dumps({'users': [{'id': users[n]['id'], 'level': 1}
-                                     for n in ('alice', 'bob', 'carol')], 'groups': []})})
+                                     for n in ('alice', 'bob', 'carol', 'dave')], 'groups': []})})
     now = datetime.now(UTC).replace(microsecond=0)
     folders = {}
     for path, (owner, meta, age, files) in LAYOUT.items():
@@ -100,6 +104,8 @@ def dive(girder):
         if age is not None:  # only an admin may set a creation time
             girder.api('PUT', f'resource/{f["_id"]}/timestamp', params={
                 'type': 'folder', 'created': (now - age * DAY - timedelta(hours=1)).isoformat()})
+    for name in GONE:
+        girder.api('DELETE', f'user/{users[name]["id"]}')
     item = lookup_item(girder, folders['projectA/2024/clip1.mp4'], 'clip1.csv')
     girder.api('PUT', f'item/{item["_id"]}/metadata', json={'reviewed': True})
     return {'col': col, 'name': col['name'], 'users': users, 'folders': folders}
@@ -186,15 +192,18 @@ def test_the_stub_postprocess_checks_dives_preconditions(girder, dive):
 def user_count(girder, dive, days: int) -> dict:
     """DIVE's userCount.py over the datasets of the collection, from REST documents."""
     threshold = datetime.now(UTC) - timedelta(days=days)
-    logins = {u['id']: u['login'] for u in dive['users'].values() if 'id' in u}
+    logins = {u['id']: u['login'] for n, u in dive['users'].items() if 'id' in u and
+              n not in GONE}
     users: dict[str, dict] = {}
     total = 0
     for _, ds in walk(girder, dive['col'], 'collection'):
         created = datetime.fromisoformat(ds['created'].replace('Z', '+00:00'))
         if created < threshold:
             continue
+        if not ds['creatorId']:  # deleted: DIVE skips it (neither ownerLogin nor creatorId)
+            continue
         total += 1
-        login = logins[ds['creatorId']]
+        login = logins.get(ds['creatorId'], ds['creatorId'])
         u = users.setdefault(login, {'dateMin': created, 'dateMax': created, 'count': 0})
         u['dateMin'], u['dateMax'] = min(u['dateMin'], created), max(u['dateMax'], created)
         u['count'] += 1
@@ -221,21 +230,29 @@ def test_count_dataset_owners_like_user_count(girder, dive, admin_mount, tmp_pat
     u = dive['users']
     assert counts == {365: {u['alice']['login']: 3, u['bob']['login']: 2, u['carol']['login']: 1},
                       30: {u['alice']['login']: 2, u['carol']['login']: 1}}
+    assert (tmp_path / 'output.json').read_text().startswith('{\n    "totalUsers": ')
 
 
 # --- setAnnotationFPS -----------------------------------------------------------------------
 def test_set_fps_of_every_dataset_like_set_annotation_fps(girder, dive, admin_mount, tmp_path):
     script = recipe('(DIVE `setAnnotationFPS.py`)')
     before = {p: f['meta'] for p, f in walk(girder, dive['col'], 'collection')}
-    assert all(m['fps'] != 30 for m in before.values())
+    assert sum(m['fps'] == 30 for m in before.values()) == 1  # gone.mp4: set to what it is
     # What the script changes: datasets found without looking inside datasets.
     want = {p for p, _ in walk(girder, dive['col'], 'collection', into_datasets=False)}
     assert 'projectA/2024/clip2.mp4/review' in before and \
         'projectA/2024/clip2.mp4/review' not in want
     refresh(admin_mount)
     drive = admin_mount.path / 'collection' / dive['name']
-    out = sh(script, tmp_path, MP=admin_mount.path, DIVE=drive).stdout
-    assert sorted(out.split('\n')[:-1]) == sorted(str(drive / p) for p in want)
+    sh(script, tmp_path, MP=admin_mount.path, DIVE=drive)
+    # processed.json as the script writes it
+    got = json.loads((tmp_path / 'processed.json').read_text())
+    assert sorted(got, key=lambda e: e['name']) == sorted(
+        ({'name': p.rsplit('/', 1)[-1], 'oldAnnotationFPS': before[p].get('fps'),
+          'newAnnotationFPS': 30, 'videoFPS': before[p].get('originalFps')} for p in want),
+        key=lambda e: e['name'])
+    assert {'name': 'gone.mp4', 'oldAnnotationFPS': 30, 'newAnnotationFPS': 30,
+            'videoFPS': 29.97} in got
     after = {p: f['meta'] for p, f in walk(girder, dive['col'], 'collection')}
     for p, meta in after.items():
         if p in want:
