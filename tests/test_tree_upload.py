@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, girderfs_cmd, run_girderfs, unique
+from test_dive_recipes import recipe
 from test_everyday import wait_for
 from test_recipes import local_tree, sh, write_tree
 
@@ -353,11 +354,17 @@ def test_readme_recipe_and_girder_client_habits(girder, m, tmp_path, token):
 
 
 def test_each_leaf_item_gets_one_settled_hook_call(girder, module_mount, tmp_path, token):
-    """pydas's item callbacks: with ``--on-item-settled`` the mount calls the hook once per
-    item, after all of its files (each call copies the item as it is then into a sink)."""
+    """pydas's item callbacks, the README's recipe: with ``--on-item-settled`` the mount calls
+    the hook once per item, after all of its files (the test server has no large_image: each
+    call copies the item as it is then into a sink)."""
+    block = recipe('**Upload DICOM series, one item per series**')
+    mount_line, upload_line = block.split('\n')
+    flags = shlex.split(mount_line)[4:]
+    assert flags == ['--on-item-settled', 'POST item/{itemId}/tiles'], flags
+    assert ' girderfs upload --leaf-folders-as-items ' in upload_line
     col = girder.collection(unique('TreeHook'))
     folder, sink = girder.folder(col, 'f'), girder.folder(col, 'sink')
-    hooked = module_mount('--settle', '0.5', '--on-item-settled',
+    hooked = module_mount('--settle', '0.5', flags[0],
                           f'POST item/{{itemId}}/copy?folderId={sink["_id"]}')
     leaves = {'s1/a.dcm': b'a' * 5000, 's1/b.dcm': b'b', 's1/c.dcm': b'c' * 70_000,
               's2/a.dcm': b'2a', 's2/b.dcm': b'2b'}
