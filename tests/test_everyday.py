@@ -294,6 +294,37 @@ options = ["noatime"]
     assert run_girderfs('unmount', str(mp2)).returncode == 0
 
 
+def test_profile_hooks_are_called(girder, data, key_file, points, tmp_path):
+    """Hooks of every kind from a profile, on a real mount: each makes an item in a sink
+    named by what it was called for, so the calls can be counted through REST."""
+    col = girder.collection(unique('ProfileHooks'))
+    ds, sink = girder.folder(col, 'ds'), girder.folder(col, 'sink')
+    make = f'POST item?folderId={sink["_id"]}&name='
+    env = write_config(tmp_path, f'''
+[profiles.dive]
+url = "{girder.url}"
+api_key_file = "{key_file}"
+cache_dir = "{tmp_path / 'profile-cache'}"
+on_upload = ["{make}upload-{{fileId}}"]
+on_folder_settled = ["{make}folder-{{folderId}}"]
+on_item_settled = ["{make}item-{{itemId}}"]
+settle = 0.5
+''')
+    mp = points()
+    res = run_girderfs('mount', 'dive', str(mp), env=env)
+    assert res.returncode == 0, res.stderr
+    for name in ('a.csv', 'b.csv'):
+        (mp / 'collection' / col['name'] / 'ds' / name).write_bytes(b'x,1\n')
+    assert run_girderfs('unmount', str(mp), '--timeout', '60').returncode == 0  # waits for all
+    items = {i['name']: i['_id'] for i in girder.api('GET', 'item',
+                                                    params={'folderId': ds['_id']})}
+    files = [girder.api('GET', f'item/{i}/files')[0]['_id'] for i in items.values()]
+    called = sorted(i['name'] for i in girder.api('GET', 'item', params={'folderId': sink['_id'],
+                                                                        'limit': 0}))
+    assert called == sorted([f'upload-{f}' for f in files] + [f'folder-{ds["_id"]}'] +
+                            [f'item-{i}' for i in items.values()])
+
+
 def test_url_mount_with_options_before_the_url(girder, points, tmp_path):
     mp = points()
     res = run_girderfs('mount', '--cache-dir', str(tmp_path / 'c'), girder.url, str(mp),
