@@ -171,10 +171,10 @@ def _until(iso: str) -> str:
 
 def wait_for_uploads(mountpoint: str, timeout: float, poll: float = 0.5) -> str | None:
     """Wait until the mount has no pending upload, no upload hook queued and no settled hook
-    left to call (once the
-    uploads are done, it is asked, by SIGUSR1, to call those at once rather than wait out
-    ``--settle``). Return None then, else what is still pending and why: at the timeout, or
-    at once while the server refuses the mount's credentials (nothing can complete then)."""
+    left to call (once the uploads are done, it is asked, by SIGUSR1, to call those at once
+    rather than wait out ``--settle``). Return None then, else what is still pending and why:
+    at the timeout, or at once while the server refuses the mount's credentials (nothing can
+    complete then)."""
     deadline = time.monotonic() + timeout
     while True:
         info = read_status(mountpoint)

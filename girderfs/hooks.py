@@ -91,7 +91,13 @@ class UploadHooks:
         if self.hooks:
             with self._idle:
                 self.pending += 1
-            self._pool.submit(self._run_counted, d.path, d.parent_kind, d.parent_id, file_doc)
+            try:
+                self._pool.submit(self._run_counted, d.path, d.parent_kind, d.parent_id,
+                                  file_doc)
+            except RuntimeError:  # closed: the mount is going away
+                with self._idle:
+                    self.pending -= 1
+                log.warning('hooks of %s not called: the mount is ending', d.path)
 
     def _run_counted(self, *args) -> None:
         try:

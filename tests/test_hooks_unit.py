@@ -1,15 +1,17 @@
 """Settled hooks (issue 18): when a folder's or item's uploads have settled, on a clock of the
-test's own (no sleeps, no thread), and how the hook flags are checked and spelled."""
+test's own (no sleeps, no thread), and how the hook flags are checked and spelled; upload
+hooks counted until called and waited for at the end."""
 
 from __future__ import annotations
 
 import errno
+import threading
 
 import pytest
 
 from girderfs.config import helper_args, profile_args
 from girderfs.errors import GirderFSError
-from girderfs.hooks import FOLDER_FIELDS, ITEM_FIELDS, SettledHooks, parse_hook
+from girderfs.hooks import FOLDER_FIELDS, ITEM_FIELDS, SettledHooks, UploadHooks, parse_hook
 from girderfs.kinds import Kind
 from girderfs.writer import PendingFile
 
@@ -184,3 +186,43 @@ def test_profiles_and_mount_options_spell_the_flags():
                     '--on-folder-settled', 'POST dive_rpc/postprocess/{folderId}?a=b+c',
                     '--settle', '0.5', '--on-item-settled', 'PUT item/{itemId}',
                     '-o', 'allow_other']
+
+
+# --- --on-upload: counted while queued, waited for at the end -------------------------------
+class Held(Recorder):
+    """A Recorder whose requests wait until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def request(self, method: str, path: str, kind: str = 'api', **kwargs) -> None:
+        assert self.release.wait(10)
+        super().request(method, path, kind)
+
+
+def test_upload_hooks_are_counted_until_called_and_close_waits_for_them():
+    client = Held()
+    hooks = UploadHooks(client, [('PUT', 'item/{itemId}?x=1')])
+    for i in range(3):
+        d = PendingFile('e', f'/c/f/{i}.txt', Kind.FOLDER, 'folder1', f'{i}.txt')
+        hooks.submit(d, {'_id': f'file{i}', 'itemId': f'item{i}'})
+    assert hooks.status()['hooks_pending'] == 3
+    threading.Timer(0.3, client.release.set).start()
+    hooks.close(timeout=10)  # returns once the three are called
+    assert hooks.status()['hooks_pending'] == 0
+    assert client.calls == [('PUT', f'item/item{i}?x=1') for i in range(3)]
+    # After close, a late upload is dropped (logged), not counted forever.
+    hooks.submit(PendingFile('e', '/c/f/late.txt', Kind.FOLDER, 'folder1', 'late.txt'),
+                 {'_id': 'file9', 'itemId': 'item9'})
+    assert hooks.status()['hooks_pending'] == 0
+
+
+def test_upload_hooks_close_gives_up_after_its_timeout(caplog):
+    client = Held()
+    hooks = UploadHooks(client, [('POST', 'x/{fileId}')])
+    hooks.submit(PendingFile('e', '/c/f/a.txt', Kind.FOLDER, 'folder1', 'a.txt'),
+                 {'_id': 'file1', 'itemId': 'item1'})
+    hooks.close(timeout=0.2)
+    assert 'upload hooks of 1 upload(s) not called' in caplog.text
+    client.release.set()
