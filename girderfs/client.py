@@ -84,6 +84,7 @@ class GirderClient:
         # cookie Girder sets) travels only on the first, which never follows a redirect.
         self.session = _session(verify, pool_size, self.api_url)
         self.objects = _session(verify, pool_size)
+        self.object_proxies = ObjectProxies()
         self.use_credentials(credentials or Credentials())
         # Reachability: when the server last failed to answer at all, and who to tell when it
         # answers again (pending uploads, the credentials thread).
@@ -151,7 +152,8 @@ class GirderClient:
                                             allow_redirects=False, **kwargs)
             else:
                 resp = self.objects.request(method, url, timeout=self.timeout, stream=stream,
-                                            headers=headers, **kwargs)
+                                            headers=headers, proxies=self.object_proxies(url),
+                                            **kwargs)
         except requests.exceptions.SSLError as exc:
             where = self.api_url if url is None else path
             raise GirderFSError(errno.EIO, f'TLS error talking to {where}: '
@@ -348,24 +350,49 @@ def _resendable(kwargs: dict) -> bool:
 
 
 def _session(verify: bool | str, pool_size: int, base_url: str | None = None) -> requests.Session:
-    """A pooled session. With ``base_url`` (every request goes to that one host), the
-    environment (proxy variables, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE) is read once here:
-    requests reads it and ~/.netrc again for every request, 0.3-0.4 ms of CPU each (a quarter
-    of a metadata request's). ~/.netrc is not read at all: Girder takes a token."""
+    """A pooled session that does not read the environment per request: requests reads proxy
+    variables, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE and ~/.netrc again for every request, 0.3-0.4
+    ms of CPU each (a quarter of a metadata request's). The CA bundle variables are read once
+    here; proxies once here for ``base_url`` (every request goes to that one host), else per
+    host by ``ObjectProxies``. ~/.netrc is never read: Girder takes a token, and a presigned
+    URL carries its own signature (an Authorization header from a netrc ``default`` entry would
+    be a credential sent to another host, and S3 refuses a request with two)."""
     session = requests.Session()
     session.verify = verify
+    if verify is True:
+        session.verify = os.environ.get('REQUESTS_CA_BUNDLE') \
+            or os.environ.get('CURL_CA_BUNDLE') or True
     if base_url is not None:
         session.proxies = requests.utils.get_environ_proxies(base_url)  # honours no_proxy
-        if verify is True:
-            session.verify = os.environ.get('REQUESTS_CA_BUNDLE') \
-                or os.environ.get('CURL_CA_BUNDLE') or True
-        session.trust_env = False
+    session.trust_env = False
     session.headers['User-Agent'] = f'girderfs/{__version__}'  # operators see who calls
     # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount('http://', adapter)
     session.mount('https://', adapter)
     return session
+
+
+class ObjectProxies:
+    """The environment's proxies for each object-store host (``no_proxy`` honoured), read once
+    per scheme and host: the object stores' session does not read the environment itself."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_host: dict[tuple[str, str], dict[str, str]] = {}
+
+    def __call__(self, url: str) -> dict[str, str]:
+        parts = urlsplit(url)
+        key = (parts.scheme, parts.netloc)
+        with self._lock:
+            found = self._by_host.get(key)
+        if found is None:
+            found = requests.utils.get_environ_proxies(f'{parts.scheme}://{parts.netloc}/')
+            with self._lock:
+                if len(self._by_host) > 256:  # (a bound; hosts are few)
+                    self._by_host.clear()
+                self._by_host[key] = found
+        return found
 
 
 def redact(url: str) -> str:

@@ -447,3 +447,20 @@ def test_girderfs_errors_map_through_every_operation(stack, err):
     raises_errno(err, s.ops.readdir, '/x', 0)
     raises_errno(err, s.ops.open, '/x', fi())
     raises_errno(err, s.ops.listxattr, '/x')
+
+
+def test_object_store_proxies_come_from_the_environment_once_per_host(monkeypatch):
+    """The object stores' session reads no environment per request; proxies are looked up
+    once per host, honouring no_proxy."""
+    from girderfs.client import GirderClient, ObjectProxies
+
+    monkeypatch.setenv('HTTPS_PROXY', 'http://proxy.example:3128')
+    monkeypatch.setenv('NO_PROXY', 'minio.local')
+    proxies = ObjectProxies()
+    assert proxies('https://s3.example.com/bucket/key?X-Amz-Signature=abc') \
+        .get('https') == 'http://proxy.example:3128'
+    assert 'https' not in proxies('https://minio.local:9000/bucket/key?sig=1')
+    monkeypatch.setenv('HTTPS_PROXY', 'http://other.example:8080')  # read once per host
+    assert proxies('https://s3.example.com/other?x=1')['https'] == 'http://proxy.example:3128'
+    client = GirderClient('http://127.0.0.1:9/api/v1')
+    assert client.objects.trust_env is False and client.session.trust_env is False

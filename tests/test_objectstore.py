@@ -89,6 +89,30 @@ def test_reads_come_from_the_object_store_without_credentials(mount, s3_files, o
     assert all(h[2]['user-agent'].startswith('girderfs/') for h in ours)
 
 
+def test_a_netrc_default_entry_goes_to_no_host(mount, s3_files, s3_area, on_s3, tmp_path):
+    """A user's ~/.netrc with a ``default`` entry (curl, git and ftp read it): its password
+    must not travel to the object store (nor to Girder), on reads and on part uploads."""
+    netrc = tmp_path / 'netrc'
+    netrc.write_text('default login netrc-user password netrc-secret\n')
+    netrc.chmod(0o600)
+    path, files = s3_files
+    m = mount(env={'NETRC': str(netrc)})
+    before = len(on_s3.object_requests())
+    with open(m.path / path / 'rnd.bin', 'rb') as fh:
+        assert os.pread(fh.fileno(), 4096, 12345) == files['rnd.bin'][12345:12345 + 4096]
+    data = os.urandom(3 * MiB)
+    target = mpath(m, s3_area[1]) / 'netrc.bin'
+    target.write_bytes(data)
+    ours = on_s3.object_requests()[before:]
+    assert {method for method, _, _ in ours} >= {'GET', 'PUT'}, ours
+    for method, url, headers in ours:
+        leaked = [h for h in CREDENTIAL_HEADERS if h in headers]
+        assert not leaked, (method, url.split('?')[0], leaked)
+    assert target.read_bytes() == data
+    log = (m.cache_dir / 'girderfs.log').read_text()
+    assert 'netrc-secret' not in log and 'bmV0cmMtdXNlcjpuZXRyYy1zZWNyZXQ' not in log
+
+
 def test_an_expired_url_is_replaced_transparently(mount, s3_files, on_s3):
     path, files = s3_files
     m = mount()
