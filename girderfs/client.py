@@ -307,6 +307,16 @@ class GirderClient:
         return self._answer(method, redact(url), kind, repeatable=repeatable, token=None,
                             checked=checked, url=url, **kwargs)
 
+    def drain(self, resp: requests.Response, limit: int = 64 << 10) -> None:
+        """Done with a streamed answer whose body is expected to be small (a redirect's page,
+        a 1-byte range): read it, at most ``limit`` bytes, so that its connection can serve
+        the next request; a longer body (a server that ignored Range) closes it instead."""
+        try:
+            complete = len(resp.raw.read(limit + 1)) <= limit
+        except Exception:  # (urllib3's and socket errors alike: the connection is dropped)
+            complete = False
+        self.finish(resp, complete)
+
     def finish(self, resp: requests.Response, complete: bool) -> None:
         """Done with a streamed response: its connection goes back to the pool if the body was
         read to its end (reads that bypass urllib3 do not release it), else it is closed."""

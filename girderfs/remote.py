@@ -196,7 +196,7 @@ class GirderRemote:
                 if resp is None:  # Girder sends this content itself: no waiting on others
                     resp = self.client.download_range(f.file_id, start, stop)
                     if resp.status_code in REDIRECTS and not again:
-                        resp.close()  # moved to an object store meanwhile
+                        self.client.drain(resp)  # moved to an object store meanwhile
                         continue
                 break
             resp = self.client.object_request('GET', url, stream=True, checked=False,
@@ -225,7 +225,7 @@ class GirderRemote:
         try:
             return resp.status_code in (200, 206)
         finally:
-            resp.close()
+            self.client.drain(resp)
 
     def _ask_girder(self, f: RemoteFile, start: int,
                     stop: int) -> tuple[str | None, float, requests.Response | None]:
@@ -235,7 +235,7 @@ class GirderRemote:
         if resp.status_code not in REDIRECTS:
             return DIRECT, float('inf'), resp
         location = resp.headers.get('Location', '')
-        resp.close()
+        self.client.drain(resp)  # (keeps the connection for the next request to Girder)
         if not location:
             raise GirderFSError(errno.EIO, f'file {f.file_id}: redirect without a Location')
         url = urljoin(self.client._url(f'file/{f.file_id}/download'), location)

@@ -110,8 +110,13 @@ class Misbehaving(http.server.ThreadingHTTPServer):
         super().__init__(('127.0.0.1', 0), Handler)
         self.mode, self.data, self.faults = mode, data, list(faults or [])
         self.hits: list[str] = []
+        self.connections = 0
         self.url = f'http://127.0.0.1:{self.server_address[1]}/api/v1'
         threading.Thread(target=self.serve_forever, args=(0.05,), daemon=True).start()
+
+    def get_request(self):
+        self.connections += 1
+        return super().get_request()
 
     def file_doc(self) -> dict:
         return {'_id': 'f' * 24, '_modelType': 'file', 'name': 'x.bin', 'size': len(self.data),
@@ -143,7 +148,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if srv.mode == 'silent':
             time.sleep(3)
             return self.send(200, b'{}')
-        if '/download' not in self.path:  # item/<id>/files, or file/<id>
+        if srv.mode == 'redirect' and self.path.startswith('/api/v1/file/') and \
+                '/download' in self.path:  # Girder on an S3 assetstore
+            signed = time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())
+            location = self.path.replace('/api/v1/', '/store/', 1).split('?')[0] + \
+                f'?X-Amz-Date={signed}&X-Amz-Expires=3600&X-Amz-Signature=x'
+            return self.send(303, b'<a href="...">See Other</a>' * 20, {'Location': location})
+        if '/download' not in self.path and '/store/' not in self.path:
             doc = [srv.file_doc()] if '/files' in self.path else srv.file_doc()
             return self.send(200, json.dumps(doc).encode(), {'Content-Type': 'application/json'})
         rng = self.headers.get('Range', '')
@@ -464,3 +475,30 @@ def test_object_store_proxies_come_from_the_environment_once_per_host(monkeypatc
     assert proxies('https://s3.example.com/other?x=1')['https'] == 'http://proxy.example:3128'
     client = GirderClient('http://127.0.0.1:9/api/v1')
     assert client.objects.trust_env is False and client.session.trust_env is False
+
+
+def test_small_answers_leave_their_connection_for_the_next_request(misbehaving):
+    """A 1-byte range (is Girder's sha512 current?) and a redirect's page are read, so their
+    connection serves the next request: on a WAN a new one costs a round trip more (two with
+    TLS)."""
+    from girderfs.remote import GirderRemote, RemoteFile
+
+    srv = misbehaving('girder', os.urandom(100_000))
+    remote = GirderRemote(GirderClient(srv.url))
+    for _ in range(5):
+        assert remote.hash_is_current(srv.file_doc())
+        remote.client.get('file/' + 'f' * 24)
+    assert srv.connections == 1, srv.hits
+    # Girder redirects the download: its 303 page is read, then the range comes from the
+    # store on a connection of the object stores' own.
+    srv = misbehaving('redirect', os.urandom(100_000))
+    remote = GirderRemote(GirderClient(srv.url))
+    f = RemoteFile('f' * 24, len(srv.data), 'ckey-redirect')
+    for start in (0, 50_000):
+        body, buf = remote.download(f, start, start + 1000), bytearray(1000)
+        assert body.readinto(memoryview(buf)) == 1000 and buf == srv.data[start:start + 1000]
+        body.close(complete=True)
+        remote.client.get('file/' + 'f' * 24)
+    assert [h.split('?')[0].split('/')[1] for h in srv.hits] == \
+        ['api', 'store', 'api', 'store', 'api']  # Girder asked once: the URL is kept
+    assert srv.connections == 2, srv.hits
