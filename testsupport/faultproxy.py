@@ -227,7 +227,7 @@ class FaultProxy:
         """Refuse every connection, like a server that is down, until ``up()``."""
         sock, self._sock = self._sock, None
         if sock is not None:
-            _close(sock)  # shutdown first: a close alone leaves a blocked accept() accepting
+            close_socket(sock)  # shutdown first: a close alone leaves a blocked accept() accepting
         self._close_connections()
         self._record('-', '-', 'down')
 
@@ -246,7 +246,7 @@ class FaultProxy:
         with self._lock:
             conns = list(self._conns)
         for s in conns:
-            _close(s)
+            close_socket(s)
 
     def __enter__(self) -> FaultProxy:
         return self
@@ -378,7 +378,7 @@ class FaultProxy:
         finally:
             for s in (client, upstream):
                 if s is not None:
-                    _close(s)
+                    close_socket(s)
                     with self._lock:
                         self._conns.discard(s)
 
@@ -392,7 +392,8 @@ def _canned(status: int, retry_after: int | None = None) -> bytes:
             f'Content-Length: {len(body)}\r\n\r\n').encode() + body
 
 
-def _close(s: socket.socket) -> None:
+def close_socket(s: socket.socket) -> None:
+    """Shut down and close ``s``, whatever state it is in."""
     try:
         s.shutdown(socket.SHUT_RDWR)
     except OSError:

@@ -21,6 +21,8 @@ import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+from testsupport.faultproxy import close_socket
+
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
     """A new key and certificate for 127.0.0.1 in ``directory``: (cert.pem, key.pem)."""
@@ -79,7 +81,7 @@ class TLSFront:
         self._sock.close()
         with self._lock:
             for s in list(self._open):
-                _close(s)
+                close_socket(s)
 
     def _accept(self) -> None:
         while not self._stopped.is_set():
@@ -96,13 +98,13 @@ class TLSFront:
         except (ssl.SSLError, OSError):  # a client refusing our certificate ends here
             with self._lock:
                 self.handshakes_failed += 1
-            _close(raw)
+            close_socket(raw)
             return
         client.settimeout(None)
         try:
             server = socket.create_connection(self.upstream, timeout=30)
         except OSError:
-            _close(client)
+            close_socket(client)
             return
         server.settimeout(None)
         with self._lock:
@@ -123,16 +125,6 @@ class TLSFront:
             with self._lock:
                 self._open.discard(src)
                 self._open.discard(dst)
-            _close(src)
-            _close(dst)
+            close_socket(src)
+            close_socket(dst)
 
-
-def _close(s: socket.socket) -> None:
-    try:
-        s.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
-        s.close()
-    except OSError:
-        pass
