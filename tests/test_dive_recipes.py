@@ -15,7 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, girderfs_cmd, run_girderfs, unique
+from conftest import ROOT, girderfs_cmd, is_mounted, run_girderfs, unique
+from test_everyday import file_bytes, lookup, wait_for
 
 README = (ROOT / 'README.md').read_text()
 TRUTHY = (True, 'true', 'True', 1)  # DIVE's TRUTHY_META_VALUES
@@ -28,10 +29,13 @@ def recipe(marker: str) -> str:
     return after.split('```sh\n', 1)[1].split('\n```', 1)[0]
 
 
-def sh(script: str, cwd: Path, **variables) -> subprocess.CompletedProcess:
-    """Run a recipe with bash (-e, pipefail); ``variables`` become environment variables."""
-    env = dict(os.environ, **{k: str(v) for k, v in variables.items()})
-    env.pop('GIRDER_TOKEN', None)
+def sh(script: str, cwd: Path, env: dict | None = None,
+       **variables) -> subprocess.CompletedProcess:
+    """Run a recipe with bash (-e, pipefail); ``variables`` become environment variables, and
+    so do ``env``'s (credentials only from there)."""
+    env = dict(os.environ, **{k: str(v) for k, v in variables.items()}, **(env or {}))
+    if 'GIRDER_TOKEN' not in (env or {}):
+        env.pop('GIRDER_TOKEN', None)
     # girderfs on PATH, as users run it
     env['PATH'] = os.path.dirname(girderfs_cmd()[0]) + os.pathsep + env['PATH']
     res = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=cwd, env=env,
@@ -393,6 +397,57 @@ def test_export_every_dataset_like_export_annotations(girder, dive, admin_mount,
     assert got['projectA/2024/clip2.mp4/review'] == b''     # a dataset with nothing imported
     header = work / 'token.header'
     assert header.read_text().startswith('Girder-Token: ') and header.stat().st_mode & 0o077 == 0
+
+
+# --- uploadScript (last: it adds datasets, made by the admin today) --------------------------
+def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, dive, tmp_path):
+    """DIVE's uploadScript, README's recipe as written: a dataset per video, with the
+    annotations of the same name; the postprocess (the test server's DIVE stub, with DIVE's
+    preconditions) runs once per dataset, after its files, with skipTranscoding."""
+    uploads = girder.folder(dive['col'], unique('uploads'))
+    videos = tmp_path / 'videos'
+    local = {'run7.mp4': os.urandom(200_000), 'run7.csv': b'track,frame,x,y\n1,0,10,20\n',
+             'run8.mp4': os.urandom(100_000), 'run8.json': b'{"tracks": {}}',
+             'run8.csv': b'track,frame\n2,1\n', 'run9.mp4': os.urandom(50_000),
+             'other.csv': b'no video of this name\n'}
+    write_local(videos, local)
+    mount_line = 'girderfs mount "$URL" "$MP"'
+    script = recipe('(DIVE\n`uploadScript.py`')
+    assert script.count(mount_line) == 1
+    script = script.replace(mount_line, mount_line + ' --cache-dir "$CACHE" --settle 0.5')
+    mp = tmp_path / 'mp'
+    mp.mkdir()
+    sh(script, tmp_path, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEOS=videos,
+       DIVE=mp / 'collection' / dive['name'] / uploads['name'],
+       env={'GIRDER_TOKEN': girder.admin_token})
+    try:
+        datasets = {f['name']: f for f in subfolders(girder, uploads)}
+        assert sorted(datasets) == ['run7.mp4', 'run8.mp4', 'run9.mp4']
+        for ds in datasets.values():
+            assert (ds['meta']['type'], ds['meta']['fps']) == ('video', -1)  # fps a number
+
+        def calls(ds: dict) -> list[dict]:
+            return girder.api('GET', 'dive_stub/calls', params={'folderId': ds['_id']})
+
+        assert wait_for(lambda: all(calls(ds) for ds in datasets.values()), 30), \
+            'the postprocess hook did not run on every dataset'
+        assert run_girderfs('unmount', str(mp)).returncode == 0  # waits for pending calls
+        where = f'/collection/{dive["name"]}/{uploads["name"]}'
+        # once each, after all its files: it imported the annotations (into auxiliary/, as
+        # DIVE does); the video stays
+        want = {'run7.mp4': ['run7.csv'], 'run8.mp4': ['run8.json', 'run8.csv'], 'run9.mp4': []}
+        for name, ds in datasets.items():
+            assert [(sorted(c['imported']), c.get('error'), c['skipTranscoding'])
+                    for c in calls(ds)] == [(sorted(want[name]), None, True)], name
+            item = lookup(girder, f'{where}/{name}/{name}')
+            assert file_bytes(girder, item['_id']) == local[name]
+            for imported in want[name]:
+                item = lookup(girder, f'{where}/{name}/auxiliary/{imported}')
+                assert file_bytes(girder, item['_id']) == local[imported]
+    finally:
+        if is_mounted(mp):
+            run_girderfs('unmount', '--force', str(mp))
+
 
 
 # --- Encord-style verbs -----------------------------------------------------------------------
