@@ -399,7 +399,7 @@ def test_export_every_dataset_like_export_annotations(girder, dive, admin_mount,
     assert header.read_text().startswith('Girder-Token: ') and header.stat().st_mode & 0o077 == 0
 
 
-# --- uploadScript (last: it adds datasets, made by the admin today) --------------------------
+# --- uploadScript (after the counting tests: it adds datasets, the admin's, made today) -------
 def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, dive, tmp_path):
     """DIVE's uploadScript, README's recipe as written: a dataset per video, with the
     annotations of the same name; the postprocess (the test server's DIVE stub, with DIVE's
@@ -417,10 +417,10 @@ def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, di
     script = script.replace(mount_line, mount_line + ' --cache-dir "$CACHE" --settle 0.5')
     mp = tmp_path / 'mp'
     mp.mkdir()
-    sh(script, tmp_path, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEOS=videos,
-       DIVE=mp / 'collection' / dive['name'] / uploads['name'],
-       env={'GIRDER_TOKEN': girder.admin_token})
     try:
+        sh(script, tmp_path, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEOS=videos,
+           DIVE=mp / 'collection' / dive['name'] / uploads['name'],
+           env={'GIRDER_TOKEN': girder.admin_token})
         datasets = {f['name']: f for f in subfolders(girder, uploads)}
         assert sorted(datasets) == ['run7.mp4', 'run8.mp4', 'run9.mp4']
         for ds in datasets.values():
@@ -447,7 +447,6 @@ def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, di
     finally:
         if is_mounted(mp):
             run_girderfs('unmount', '--force', str(mp))
-
 
 
 # --- Encord-style verbs -----------------------------------------------------------------------
