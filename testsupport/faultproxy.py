@@ -243,10 +243,13 @@ class FaultProxy:
         self._close_connections()
 
     def _close_connections(self) -> None:
+        """End every connection: shut down only; the thread serving each closes it. (Closing a
+        socket another thread is in a call on lets that call use the number once it is reused
+        by a new file: bytes meant for the socket would land in someone else's file.)"""
         with self._lock:
             conns = list(self._conns)
         for s in conns:
-            close_socket(s)
+            shutdown_socket(s)
 
     def __enter__(self) -> FaultProxy:
         return self
@@ -392,12 +395,18 @@ def _canned(status: int, retry_after: int | None = None) -> bytes:
             f'Content-Length: {len(body)}\r\n\r\n').encode() + body
 
 
-def close_socket(s: socket.socket) -> None:
-    """Shut down and close ``s``, whatever state it is in."""
+def shutdown_socket(s: socket.socket) -> None:
+    """Shut ``s`` down both ways (a thread blocked on it returns), whatever state it is in."""
     try:
         s.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def close_socket(s: socket.socket) -> None:
+    """Shut down and close ``s``, whatever state it is in. Only for a socket no other thread
+    is using (see ``FaultProxy._close_connections``)."""
+    shutdown_socket(s)
     try:
         s.close()
     except OSError:

@@ -6,22 +6,21 @@ with a self-signed certificate made for 127.0.0.1 (its PEM is the CA bundle a cl
     front.cert_file                             # --ca-bundle for it
     front.stop()
 
-Each accepted connection gets a thread that finishes the TLS handshake and connects to the
-upstream, then two threads copying bytes until either side closes.
+One asyncio loop in one thread carries every connection (TLS on memory buffers: no SSL object
+is used by two threads, and no socket is closed under another thread's call).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
 import ipaddress
 import os
-import socket
 import ssl
 import threading
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
-
-from testsupport.faultproxy import close_socket
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -60,12 +59,12 @@ class TLSFront:
         self.cert_file, key_file = self_signed(workdir)
         self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._ctx.load_cert_chain(self.cert_file, key_file)
-        self._sock = socket.create_server(('127.0.0.1', 0))
-        self.port = self._sock.getsockname()[1]
-        self._stopped = threading.Event()
-        self._open: set[socket.socket] = set()
-        self._lock = threading.Lock()
-        self.handshakes_failed = 0
+        self.port = 0
+        self.sessions = 0  # TLS sessions established (counted on the loop's thread only)
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping: asyncio.Event | None = None
 
     def url(self, upstream_url: str) -> str:
         """``upstream_url`` (an http URL of the upstream) through this front."""
@@ -73,58 +72,69 @@ class TLSFront:
         return urlunsplit(('https', f'127.0.0.1:{self.port}', parts.path, parts.query, ''))
 
     def start(self) -> TLSFront:
-        threading.Thread(target=self._accept, name='tlsfront', daemon=True).start()
+        self._thread = threading.Thread(target=self._loop.run_until_complete,
+                                        args=(self._main(),), name='tlsfront', daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError('the TLS front did not start')
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
-        self._sock.close()
-        with self._lock:
-            for s in list(self._open):
-                close_socket(s)
+        """Close the listener and every connection; wait for the loop's thread."""
+        with contextlib.suppress(RuntimeError):  # the loop has already ended
+            self._loop.call_soon_threadsafe(self._stopping.set)
+        if self._thread is not None:
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
 
-    def _accept(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                raw, _ = self._sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+    async def _main(self) -> None:
+        self._stopping = asyncio.Event()
+        tasks: set[asyncio.Task] = set()
 
-    def _serve(self, raw: socket.socket) -> None:
-        raw.settimeout(30)
+        def accepted(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.sessions += 1  # (called once the handshake succeeded)
+            task = asyncio.ensure_future(self._serve(reader, writer))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        server = await asyncio.start_server(accepted, '127.0.0.1', 0, ssl=self._ctx,
+                                            ssl_handshake_timeout=30)
+        self.port = server.sockets[0].getsockname()[1]
+        self._ready.set()
+        await self._stopping.wait()
+        server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            client = self._ctx.wrap_socket(raw, server_side=True)
-        except (ssl.SSLError, OSError):  # a client refusing our certificate ends here
-            with self._lock:
-                self.handshakes_failed += 1
-            close_socket(raw)
-            return
-        client.settimeout(None)
-        try:
-            server = socket.create_connection(self.upstream, timeout=30)
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
-            close_socket(client)
+            writer.close()
             return
-        server.settimeout(None)
-        with self._lock:
-            self._open.update((client, server))
-        threading.Thread(target=self._pump, args=(server, client), daemon=True).start()
-        self._pump(client, server)
-
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while True:
-                data = src.recv(1 << 16)
-                if not data:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
+            await asyncio.gather(_pump(reader, up_writer), _pump(up_reader, writer))
         finally:
-            with self._lock:
-                self._open.discard(src)
-                self._open.discard(dst)
-            close_socket(src)
-            close_socket(dst)
+            for w in (writer, up_writer):
+                w.close()
+                with contextlib.suppress(Exception):
+                    await w.wait_closed()
 
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    """Copy ``src`` to ``dst`` until ``src`` ends, then end ``dst``."""
+    try:
+        while data := await src.read(1 << 16):
+            dst.write(data)
+            await dst.drain()
+    except (ConnectionError, ssl.SSLError, OSError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            if dst.can_write_eof():
+                dst.write_eof()
+            else:
+                dst.close()
