@@ -9,39 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from conftest import ROOT, girderfs_cmd, is_mounted, run_girderfs, unique
+from conftest import is_mounted, run_girderfs, unique
+from recipeutil import recipe, run_recipe, write_tree
 from test_everyday import file_bytes, lookup, wait_for
 
-README = (ROOT / 'README.md').read_text()
 TRUTHY = (True, 'true', 'True', 1)  # DIVE's TRUTHY_META_VALUES
-
-
-def recipe(marker: str) -> str:
-    """The first ```sh block after the first line of README's "Recipes" holding ``marker``."""
-    section = README.split('\n## Recipes\n', 1)[1].split('\n## ', 1)[0]
-    after = section.split(marker, 1)[1]
-    return after.split('```sh\n', 1)[1].split('\n```', 1)[0]
-
-
-def sh(script: str, cwd: Path, env: dict | None = None,
-       **variables) -> subprocess.CompletedProcess:
-    """Run a recipe with bash (-e, pipefail); ``variables`` become environment variables, and
-    so do ``env``'s (credentials only from there)."""
-    env = dict(os.environ, **{k: str(v) for k, v in variables.items()}, **(env or {}))
-    if 'GIRDER_TOKEN' not in (env or {}):
-        env.pop('GIRDER_TOKEN', None)
-    # girderfs on PATH, as users run it
-    env['PATH'] = os.path.dirname(girderfs_cmd()[0]) + os.pathsep + env['PATH']
-    res = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=cwd, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f'{script}\nstdout: {res.stdout}\nstderr: {res.stderr}'
-    return res
 
 
 def refresh(m) -> None:
@@ -224,7 +200,7 @@ def test_count_dataset_owners_like_user_count(girder, dive, admin_mount, tmp_pat
     drive = admin_mount.path / 'collection' / dive['name']
     counts = {}
     for days in (365, 30):
-        sh(script.replace('DAYS=365', f'DAYS={days}'), tmp_path, MP=admin_mount.path,
+        run_recipe(script.replace('DAYS=365', f'DAYS={days}'), tmp_path, MP=admin_mount.path,
            DIVE=drive)
         got = json.loads((tmp_path / 'output.json').read_text())
         assert got == user_count(girder, dive, days), days
@@ -249,7 +225,7 @@ def test_set_fps_of_every_dataset_like_set_annotation_fps(girder, dive, admin_mo
         'projectA/2024/clip2.mp4/review' not in want
     refresh(admin_mount)
     drive = admin_mount.path / 'collection' / dive['name']
-    sh(script, tmp_path, MP=admin_mount.path, DIVE=drive)
+    run_recipe(script, tmp_path, MP=admin_mount.path, DIVE=drive)
     # processed.json as the script writes it
     got = json.loads((tmp_path / 'processed.json').read_text())
     assert sorted(got, key=lambda e: e['name']) == sorted(
@@ -282,7 +258,7 @@ def test_sync_annotations_as_a_non_admin_keeps_items_and_sends_nothing_twice(
              'projectA/2024/clip2.mp4/clip2.csv': b'1,clip2,3\n',              # new, bob's
              'projectB/notes/notes.csv': b'not a dataset\n',
              'projectB/missing/x.csv': b'no such folder\n'}
-    write_local(local, files)
+    write_tree(local, files)
     folders = dive['folders']
     clip1, clip2 = folders['projectA/2024/clip1.mp4'], folders['projectA/2024/clip2.mp4']
 
@@ -298,7 +274,7 @@ def test_sync_annotations_as_a_non_admin_keeps_items_and_sends_nothing_twice(
     file_before = girder.api('GET', f'item/{csv_before["_id"]}/files')[0]
     drive = m.path / 'collection' / dive['name']
 
-    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
+    res = run_recipe(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
     assert 'no dataset at ./projectB/notes: skipped' in res.stderr
     assert 'no dataset at ./projectB/missing: skipped' in res.stderr
     assert sorted(res.stdout.split('\n')[:-1]) == sorted(f'sent ./{r}' for r in list(files)[:3])
@@ -337,24 +313,18 @@ def test_sync_annotations_as_a_non_admin_keeps_items_and_sends_nothing_twice(
     # nothing called, nothing changed on the server.
     time.sleep(1.5)
     s0, state0, calls1 = m.status()['stats']['by_kind'], state(), calls()
-    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
+    res = run_recipe(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
     s1 = m.status()['stats']['by_kind']
     assert res.stdout == '' and calls() == calls1 and state() == state0
     assert (s1.get('upload', 0), s1.get('change', 0)) == (s0.get('upload', 0),
                                                           s0.get('change', 0)), s1
 
     # A changed file is sent again, and only its dataset postprocessed.
-    write_local(local, {'projectA/2024/clip2.mp4/clip2.csv': b'1,clip2,3\n2,clip2,9\n'})
+    write_tree(local, {'projectA/2024/clip2.mp4/clip2.csv': b'1,clip2,3\n2,clip2,9\n'})
     time.sleep(1.5)
-    res = sh(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
+    res = run_recipe(script, tmp_path, MP=m.path, DIVE=drive, KEYFILE=keyfile)
     assert res.stdout == 'sent ./projectA/2024/clip2.mp4/clip2.csv\n'
     assert calls()[len(calls1):] == [(clip2['_id'], True, True, ['clip2.csv'])]
-
-
-def write_local(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
 
 
 def subfolder(girder, parent: dict, name: str) -> dict:
@@ -386,7 +356,7 @@ def test_export_every_dataset_like_export_annotations(girder, dive, admin_mount,
     drive = admin_mount.path / 'collection' / dive['name']
     work = tmp_path / 'work'
     work.mkdir()
-    sh(script, work, MP=admin_mount.path, DIVE=drive, KEYFILE=keyfile)
+    run_recipe(script, work, MP=admin_mount.path, DIVE=drive, KEYFILE=keyfile)
     # What the script exports: every dataset found by walking folders (inside datasets too).
     want = {p: download(girder, 'dive_annotation/export', folderId=f['_id'], format='viame_csv')
             for p, f in walk(girder, dive['col'], 'collection')}
@@ -410,7 +380,7 @@ def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, di
              'run8.mp4': os.urandom(100_000), 'run8.json': b'{"tracks": {}}',
              'run8.csv': b'track,frame\n2,1\n', 'run9.mp4': os.urandom(50_000),
              'other.csv': b'no video of this name\n'}
-    write_local(videos, local)
+    write_tree(videos, local)
     mount_line = 'girderfs mount "$URL" "$MP"'
     script = recipe('(DIVE\n`uploadScript.py`')
     assert script.count(mount_line) == 1
@@ -418,7 +388,7 @@ def test_create_datasets_and_postprocess_each_once_like_upload_script(girder, di
     mp = tmp_path / 'mp'
     mp.mkdir()
     try:
-        sh(script, tmp_path, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEOS=videos,
+        run_recipe(script, tmp_path, URL=girder.url, MP=mp, CACHE=tmp_path / 'cache', VIDEOS=videos,
            DIVE=mp / 'collection' / dive['name'] / uploads['name'],
            env={'GIRDER_TOKEN': girder.admin_token})
         datasets = {f['name']: f for f in subfolders(girder, uploads)}
@@ -465,7 +435,7 @@ def test_upload_videos_an_image_group_and_delete(girder, dive, admin_mount, tmp_
         for name, data in content.items():
             (tmp_path / d / name).write_bytes(data)
     refresh(admin_mount)
-    sh(script, tmp_path, MP=admin_mount.path,
+    run_recipe(script, tmp_path, MP=admin_mount.path,
        PROJECT=admin_mount.path / 'collection' / dive['name'] / project['name'])
     state = tree_state(girder, project)
     assert sorted(state) == ['groups/scan-01', 'videos/clip-a.mp4']

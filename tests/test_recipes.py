@@ -10,33 +10,11 @@ in tests/test_tree_upload.py.
 from __future__ import annotations
 
 import os
-import subprocess
-from pathlib import Path
 
 import pytest
 from conftest import run_girderfs, unique
+from recipeutil import sh
 from test_everyday import lookup
-
-
-def sh(script: str, cwd: Path | None = None, env: dict | None = None, **variables) -> str:
-    """Run a README recipe with bash (-e, pipefail); variables become shell variables."""
-    full_env = dict(os.environ, **{k: str(v) for k, v in variables.items()}, **(env or {}))
-    res = subprocess.run(['bash', '-euo', 'pipefail', '-c', script], cwd=cwd, env=full_env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, f'{script}\nstdout: {res.stdout}\nstderr: {res.stderr}'
-    return res.stdout
-
-
-def local_tree(root: Path) -> dict[str, bytes]:
-    """Every file under ``root``, by relative path: its bytes."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob('*'))
-            if p.is_file()}
-
-
-def write_tree(root: Path, files: dict[str, bytes]) -> None:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
 
 
 @pytest.fixture(scope='module')

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error, girderfs_cmd, run_girderfs, unique
-from test_dive_recipes import recipe
+from recipeutil import local_tree, recipe, sh, write_tree
 from test_everyday import wait_for
-from test_recipes import local_tree, sh, write_tree
 
 from testsupport.mounting import girderfs_env
 
