@@ -192,8 +192,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         read_ahead=args.read_ahead, hooks=hooks, folder_hooks=folder_hooks,
         item_hooks=item_hooks, settle=args.settle,
         fuse_options=args.fuse_options, user=(client.user or {}).get('login') or 'anonymous',
-        version=version)
-    client.session.close()  # the mount makes its own client; this one's sockets go now
+        version=version, session=client.session)
     if args.foreground:
         from .mount import run
 

@@ -75,14 +75,17 @@ class GirderClient:
 
     def __init__(self, api_url: str, *, connect_timeout: float = 10.0, read_timeout: float = 60.0,
                  retries: int = 4, backoff: float = 0.25, verify: bool | str = True,
-                 pool_size: int = 32, credentials: Credentials | None = None) -> None:
+                 pool_size: int = 32, credentials: Credentials | None = None,
+                 session: requests.Session | None = None) -> None:
+        """``session``: Girder's connections, from another client of the same server and
+        ``verify`` (the mount takes over the one that logged in, and its open connection)."""
         self.api_url = api_url.rstrip('/')
         self.timeout = (connect_timeout, read_timeout)
         self.policy = RetryPolicy(tries=retries + 1, backoff=backoff)  # see retry.py
         self.stats = Stats()
         # Girder's connections, and the object stores': the Girder-Token header (and any
         # cookie Girder sets) travels only on the first, which never follows a redirect.
-        self.session = _session(verify, pool_size, self.api_url)
+        self.session = session or _session(verify, pool_size, self.api_url)
         self.objects = _session(verify, pool_size)
         self.object_proxies = ObjectProxies()
         self.use_credentials(credentials or Credentials())
@@ -144,6 +147,7 @@ class GirderClient:
             headers['Girder-Token'] = token
         if method in ('POST', 'PUT') and 'data' not in kwargs and 'json' not in kwargs:
             headers['Content-Length'] = '0'
+        started = time.monotonic()
         try:
             if url is None:
                 # A redirect is answered to the caller: requests would carry the token there.
@@ -167,7 +171,51 @@ class GirderClient:
             raise GirderFSError(errno.EIO, reason, failure=failure) from None
         if url is None:
             self._reached(True)
+        if log.isEnabledFor(logging.DEBUG):
+            # (the path only: an object store's query holds its signature)
+            log.debug('%s %s%s %s: %d after %.1f ms', method, '' if url is None else 'object ',
+                      path, kwargs.get('params') or '', resp.status_code,
+                      (time.monotonic() - started) * 1000)
         return resp
+
+    def preconnect(self, count: int, wait: bool = True) -> list[threading.Thread]:
+        """Have ``count`` connections to Girder in the pool, opening the missing ones at once
+        (a thread each): a first burst of parallel requests then pays no handshakes. Open
+        connections go back to the pool at once, each new one when it is made (or failed: the
+        next request on it connects, and reports). Returns the threads, joined if ``wait``.
+        Not through a proxy (urllib3 makes its tunnel when it sends)."""
+        if count <= 0 or self.session.proxies:
+            return []
+        try:
+            pool = self.session.get_adapter(self.api_url).get_connection_with_tls_context(
+                requests.Request('GET', self.api_url).prepare(), self.session.verify)
+            # (urllib3 has no public call for this: its pool's get/put are what urlopen uses)
+            conns = [pool._get_conn() for _ in range(count)]
+        except Exception as exc:  # (a URL or pool urllib3 refuses: requests will say why)
+            log.debug('preconnect: %s', exc)
+            return []
+        for c in conns:
+            if not c.is_closed:
+                pool._put_conn(c)
+
+        def connect(conn: Any) -> None:
+            conn.timeout = self.timeout[0]
+            try:
+                conn.connect()
+            except Exception as exc:
+                log.debug('preconnect: %s', _short(exc, None))
+                conn.close()
+            finally:
+                pool._put_conn(conn)
+
+        threads = [threading.Thread(target=connect, args=(c,), name='girderfs-connect',
+                                    daemon=True) for c in conns if c.is_closed]
+        for t in threads:
+            t.start()
+        if wait:
+            for t in threads:
+                t.join(self.timeout[0] + 1)
+        return threads
 
     def _reached(self, ok: bool, reason: str | None = None) -> None:
         """Record whether the server answered; tell the listeners when it is back."""

@@ -17,10 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from .auth import Credentials
 from .cache import BlockStore
 from .client import GirderClient
+from .errors import GirderFSError
 from .hooks import SettledHooks, UploadHooks
 from .localtimes import LocalTimes
 from .namespace import Namespace, Node
@@ -37,6 +39,10 @@ LIBFUSE_THREADS = 10  # FUSE calls served at once (libfuse's own default)
 
 MiB = 1 << 20
 SIGNALS = {signal.SIGHUP, signal.SIGUSR1}  # taken by the girderfs-signals thread (run)
+# Connections opened while the mount starts (warm_up), and how long "ready" waits for them and
+# the root's listing at most (an unreachable server must not hold the mount back).
+WARM_CONNECTIONS = 4
+WARM_WAIT = 2.0
 
 
 @dataclass
@@ -69,6 +75,9 @@ class MountConfig:
     max_read: int = MiB  # FUSE read size (run() sets the splice size)
     user: str = 'anonymous'
     version: str = '?'
+    # The connections `girderfs mount` logged in on (a requests.Session): the mount goes on
+    # using them, its first request without a handshake.
+    session: Any = None
 
 
 @dataclass
@@ -123,7 +132,7 @@ def build(config: MountConfig, on_init: Callable[[], None] | None = None) -> Lay
     """Make and wire the layers of a mount (no threads of its own are started here)."""
     client = GirderClient(config.api_url, read_timeout=config.timeout, verify=config.verify,
                           retries=config.retries, backoff=config.backoff,
-                          credentials=config.credentials)
+                          credentials=config.credentials, session=config.session)
     store = BlockStore(os.path.join(config.cache_dir, 'blocks'), config.cache_size,
                        config.block_size)
     ns = Namespace(client, config.root, ttl=config.attr_timeout, item_check=config.item_check,
@@ -207,6 +216,9 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
             tell(f'FUSE could not mount {config.mountpoint}: {exc}')
             return
         set_read_ahead(config.mountpoint, (config.read_ahead or config.max_read) // 1024)
+        deadline = time.monotonic() + WARM_WAIT
+        for job in warming:
+            job.join(max(0.0, deadline - time.monotonic()))
         tell('ready')
         layers.store.sweep_orphans()
 
@@ -233,6 +245,7 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
             log.info('SIGHUP: cached listings and attributes dropped')
 
     threading.Thread(target=on_signal, name='girderfs-signals', daemon=True).start()
+    warming = warm_up(layers)  # while libfuse mounts
     try:
         # (libfuse 3.14 passes its "unset" max_idle_threads, UINT_MAX, on and warns "Ignoring
         # invalid max threads value 4294967295" on every mount: the limits are given here.)
@@ -245,6 +258,28 @@ def run(config: MountConfig, tell: Callable[[str], None]) -> int:
     finally:
         layers.close()
     return 0
+
+
+def warm_up(layers: Layers) -> list[threading.Thread]:
+    """Start fetching the root's listing (on the connection the login used) and opening
+    WARM_CONNECTIONS connections, so that the first path a program opens costs fewer round
+    trips (looking a name up in a folder sends two requests at once, a first sequential read
+    up to four); returns their threads. A failure is only logged: the same requests are sent
+    again when asked for."""
+    def listing() -> None:
+        try:
+            layers.ns.warm()
+        except GirderFSError as exc:
+            log.debug('listing the root while mounting: %s', exc.reason)
+        except Exception:  # (an answer of an unexpected shape: nothing depends on it)
+            log.debug('listing the root while mounting', exc_info=True)
+
+    # (the connections first: the listing then takes the login's, and the pool holds
+    # WARM_CONNECTIONS in all)
+    jobs = layers.client.preconnect(WARM_CONNECTIONS, wait=False)
+    jobs.append(threading.Thread(target=listing, name='girderfs-warm', daemon=True))
+    jobs[-1].start()
+    return jobs
 
 
 def _tune_malloc() -> None:

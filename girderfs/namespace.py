@@ -236,6 +236,14 @@ class Namespace:
             self._listings.keep_with(used)
         return node
 
+    def warm(self) -> None:
+        """Fetch the listing a first path is looked up in: the root's (at the server's root,
+        the collections'; the users' may be long and is left until asked for)."""
+        node = self.root
+        if node.kind == Kind.ROOT:
+            node = self.children(node)['collection']
+        self.children(node)
+
     def cached_children(self, node: Node) -> dict[str, Node] | None:
         """The listing of a directory node if it is cached (nothing is fetched)."""
         return self._listings.peek((node.kind, node.id))

@@ -13,6 +13,7 @@ import json
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
@@ -502,3 +503,28 @@ def test_small_answers_leave_their_connection_for_the_next_request(misbehaving):
     assert [h.split('?')[0].split('/')[1] for h in srv.hits] == \
         ['api', 'store', 'api', 'store', 'api']  # Girder asked once: the URL is kept
     assert srv.connections == 2, srv.hits
+
+
+def test_preconnect_opens_idle_connections_that_requests_then_use(misbehaving):
+    """A new mount opens its connections while libfuse mounts (mount.warm_up): the first
+    requests sent at once (a folder's folders and items, a read's first ranges) then pay no
+    handshake. Nothing is sent on them until a request is."""
+    srv = misbehaving('girder', b'')
+    client = GirderClient(srv.url)
+    assert len(client.preconnect(3)) == 3
+    deadline = time.monotonic() + 5
+    while srv.connections < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.connections == 3 and srv.hits == []
+    assert client.preconnect(3) == []  # three are in the pool already
+    with ThreadPoolExecutor(3) as pool:
+        docs = list(pool.map(lambda _: client.get('item/' + 'i' * 24), range(9)))
+    assert [d['_id'] for d in docs] == ['f' * 24] * 9
+    assert srv.connections == 3, srv.hits
+    # No server there: nothing opened, nothing raised; requests report the failure themselves.
+    dead = GirderClient('http://127.0.0.1:9/api/v1', connect_timeout=2)
+    assert len(dead.preconnect(2)) == 2
+    assert len(dead.preconnect(2)) == 2  # (they failed: both are tried again)
+    with pytest.raises(GirderFSError) as info:
+        dead.get('item/' + 'i' * 24)
+    assert info.value.errno == errno.EIO

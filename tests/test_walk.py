@@ -10,6 +10,7 @@ and at once after ``girderfs refresh``.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -133,3 +134,29 @@ def test_small_files_read_one_after_another_are_fetched_ahead(girder, mount):
     assert (d / 'f14.txt').read_bytes() == data['f14.txt']
     assert (d / 'f15.txt').read_bytes() == new
 
+
+
+def test_a_new_mount_has_the_root_listed_and_its_connections_open(girder, mounter, tree):
+    """Issue 17, item 6: the mount goes on using the connection `girderfs mount` logged in
+    on, lists the root while libfuse mounts and opens the connections a first lookup (a
+    folder's folders and items at once) and a first read need: the first ``ls`` sends nothing
+    and the first requests pay no handshake (a round trip each over a WAN)."""
+    from girderfs.mount import WARM_CONNECTIONS
+    from testsupport.latency import LatencyProxy
+
+    col, _ = tree
+    with LatencyProxy(('127.0.0.1', girder.port), delay_ms=0) as link:
+        m = mounter(link.url(girder.url))
+        # the login's connection, and the ones opened beside it: none more
+        assert link.stats.connections == WARM_CONNECTIONS
+        before = settled(m)
+        assert before.get('list') == 1  # the collections, listed while mounting
+        # a path down the tree: the collection's folders, then tree's folders and items at once
+        os.stat(m.path / 'collection' / col['name'] / 'tree' / 'a0')
+        assert requests_by_kind(m)['list'] == before['list'] + 3
+        assert link.stats.connections == WARM_CONNECTIONS
+        names = {c['name'] for c in girder.api('GET', 'collection', params={'limit': 0})}
+        assert set(os.listdir(m.path / 'collection')) == names
+        # (reading it fetches the collections' own listings ahead: those are new requests)
+        log = (m.cache_dir / 'girderfs.log').read_text()
+        assert len(re.findall(r'DEBUG girderfs\.client: GET collection ', log)) == 1
