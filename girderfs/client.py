@@ -34,6 +34,7 @@ from .retry import (
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 1000
+SEND_BLOCK = 256 << 10  # bytes of a streamed request body read and sent at a time (_Adapter)
 _CREDENTIALS = object()  # _answer's default token: the credentials' current one
 
 
@@ -407,6 +408,20 @@ def _resendable(kwargs: dict) -> bool:
     return data is None or isinstance(data, (bytes, str, dict, list, tuple))
 
 
+class _Adapter(HTTPAdapter):
+    """requests' adapter, its connections sending a streamed body (a spool's chunk or part)
+    SEND_BLOCK bytes at a time, not urllib3's 16 KiB: a 64 MiB part was 4,096 reads of the
+    spool and as many sends (writer._SpoolSlice says what that cost)."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault('blocksize', SEND_BLOCK)
+        super().init_poolmanager(*args, **kwargs)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        kwargs.setdefault('blocksize', SEND_BLOCK)
+        return super().proxy_manager_for(proxy, **kwargs)
+
+
 def _session(verify: bool | str, pool_size: int, base_url: str | None = None) -> requests.Session:
     """A pooled session that does not read the environment per request: requests reads proxy
     variables, REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE and ~/.netrc again for every request, 0.3-0.4
@@ -425,7 +440,7 @@ def _session(verify: bool | str, pool_size: int, base_url: str | None = None) ->
     session.trust_env = False
     session.headers['User-Agent'] = f'girderfs/{__version__}'  # operators see who calls
     # urllib3 retries nothing (the adapter's default): every retry follows retry.py.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    adapter = _Adapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount('http://', adapter)
     session.mount('https://', adapter)
     return session

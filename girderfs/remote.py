@@ -90,11 +90,12 @@ class Body(Protocol):
 
 
 class Spool(Protocol):
-    """A chunk's bytes, read as it is sent (writer._SpoolSlice)."""
+    """A chunk's bytes, read as it is sent (writer._SpoolSlice); what ``read`` returns is
+    valid until the next ``read``."""
 
     def __len__(self) -> int: ...
 
-    def read(self, n: int = -1) -> bytes: ...
+    def read(self, n: int = -1) -> memoryview | bytes: ...
 
 
 class Remote(Protocol):

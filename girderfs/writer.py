@@ -24,6 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from .client import SEND_BLOCK
 from .errors import GirderFSError
 from .kinds import Kind
 from .remote import ObjectStoreUnreachable, Remote
@@ -827,24 +828,35 @@ class Writer:
 
 
 class _SpoolSlice:
-    """A file-like view of ``length`` bytes of a spool file, streamed by requests."""
+    """A file-like view of ``length`` bytes of a spool file, streamed by requests.
+
+    ``read`` fills one buffer of its own and returns a view of it, valid until the next
+    ``read`` (urllib3 sends each block before it reads the next). A new ``bytes`` per block
+    cost the mount more CPU than the sending: sending 512 MiB to a local server took 0.27 s of
+    CPU in 16 KiB blocks (urllib3's default), 0.32 s in new 256 KiB ones (each block fresh
+    memory, faulted in) and 0.11 s in one reused 256 KiB buffer.
+    """
 
     def __init__(self, fd: int, offset: int, length: int) -> None:
         self.fd = fd
         self.pos = offset
         self.end = offset + length
+        self._buf: bytearray | None = None
 
     def __len__(self) -> int:
         return self.end - self.pos
 
-    def read(self, n: int = -1) -> bytes:
+    def read(self, n: int = -1) -> memoryview | bytes:
         if n is None or n < 0:
             n = self.end - self.pos
-        n = min(n, self.end - self.pos, 4 * MiB)
+        n = min(n, self.end - self.pos, SEND_BLOCK)
         if n <= 0:
             return b''
-        data = os.pread(self.fd, n, self.pos)
-        if not data:
+        if self._buf is None:
+            self._buf = bytearray(min(SEND_BLOCK, self.end - self.pos))
+        view = memoryview(self._buf)[:n]
+        got = os.preadv(self.fd, [view], self.pos)
+        if not got:
             raise GirderFSError(errno.EIO, 'spool file shorter than expected')
-        self.pos += len(data)
-        return data
+        self.pos += got
+        return view[:got]

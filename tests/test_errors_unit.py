@@ -528,3 +528,58 @@ def test_preconnect_opens_idle_connections_that_requests_then_use(misbehaving):
     with pytest.raises(GirderFSError) as info:
         dead.get('item/' + 'i' * 24)
     assert info.value.errno == errno.EIO
+
+
+def test_a_streamed_body_is_read_and_sent_in_large_blocks(tmp_path):
+    """An upload streams its chunk or part from the spool (writer._SpoolSlice): urllib3 read
+    and sent it 16 KiB at a time, 4,096 reads and sends per 64 MiB part. The blocks are views
+    of one reused buffer: what arrives must still be the spool's bytes."""
+    from girderfs.client import SEND_BLOCK
+    from girderfs.writer import _SpoolSlice
+
+    got = []
+
+    class Sink(http.server.BaseHTTPRequestHandler):
+        protocol_version = 'HTTP/1.1'
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_PUT(self) -> None:
+            n = int(self.headers['Content-Length'])
+            data = b''
+            while len(data) < n:
+                data += self.rfile.read(n - len(data))
+            got.append(data)
+            self.send_response(200)
+            self.send_header('Content-Length', '0')
+            self.end_headers()
+
+    srv = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Sink)
+    threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        body = os.urandom(4 * SEND_BLOCK + 12345)
+        spool = tmp_path / 'spool'
+        spool.write_bytes(body)
+        reads = []
+
+        class Counted(_SpoolSlice):
+            def read(self, n: int = -1) -> bytes:
+                data = super().read(n)
+                reads.append(len(data))
+                return data
+
+        fd = os.open(spool, os.O_RDONLY)
+        try:
+            client = GirderClient(f'http://127.0.0.1:{srv.server_address[1]}/api/v1')
+            for session in (client.session, client.objects):
+                reads.clear()
+                resp = session.put(f'http://127.0.0.1:{srv.server_address[1]}/part',
+                                   data=Counted(fd, 0, len(body)))
+                assert resp.status_code == 200 and got.pop() == body
+                assert len([n for n in reads if n]) == 5, reads[:10]
+        finally:
+            os.close(fd)
+    finally:
+        srv.shutdown()
+        srv.server_close()
