@@ -19,7 +19,8 @@ import mfusepy  # noqa: E402  (must follow the library choice above)
 
 log = logging.getLogger(__name__)
 
-__all__ = ['FUSE', 'LateClose', 'configure', 'mfusepy', 'reply_buffers', 'set_read_ahead']
+__all__ = ['FUSE', 'LateClose', 'buffer_size', 'configure', 'copy_to_fd', 'mfusepy',
+           'reply_buffers', 'set_read_ahead']
 
 
 def splice_read_size(limit: int = 1 << 20) -> int:
@@ -139,6 +140,39 @@ def reply_buffers(bufpp: Any, parts: Sequence[Any]) -> None:
     ctypes.cast(bufpp, ctypes.POINTER(ctypes.c_void_p))[0] = addr
 
 
+# --- writes into file descriptors (write_buf) ------------------------------------------------
+# mfusepy's write() copies each request's data into a Python bytes object while it holds the
+# GIL; write_buf hands over libfuse's own buffer, and fuse_buf_copy() writes it into the spool
+# file in C (the GIL released).
+_libfuse = ctypes.CDLL(ctypes.util.find_library('fuse3') or 'libfuse3.so.3')
+_libfuse.fuse_buf_size.restype = ctypes.c_size_t
+_libfuse.fuse_buf_size.argtypes = [ctypes.c_void_p]
+_libfuse.fuse_buf_copy.restype = ctypes.c_ssize_t
+_libfuse.fuse_buf_copy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+
+
+class _OneBufvec(ctypes.Structure):
+    """struct fuse_bufvec holding one fuse_buf."""
+
+    _fields_ = [('count', ctypes.c_size_t), ('idx', ctypes.c_size_t), ('off', ctypes.c_size_t),
+                ('buf', _Buf)]
+
+
+def buffer_size(bufv: Any) -> int:
+    """The bytes a write_buf request carries."""
+    return _libfuse.fuse_buf_size(ctypes.cast(bufv, ctypes.c_void_p))
+
+
+def copy_to_fd(bufv: Any, fd: int, offset: int) -> int:
+    """Write a write_buf request's data into ``fd`` at ``offset``; the bytes written."""
+    size = buffer_size(bufv)
+    dst = _OneBufvec(1, 0, 0, _Buf(size, FD_BUF, None, fd, offset))
+    n = _libfuse.fuse_buf_copy(ctypes.byref(dst), ctypes.cast(bufv, ctypes.c_void_p), 0)
+    if n < 0:
+        raise OSError(-n, os.strerror(-n))
+    return n
+
+
 class LateClose:
     """Closes the files of a read_buf reply once libfuse is surely done with them.
 
@@ -201,3 +235,8 @@ class FUSE(mfusepy.FUSE):
         fh = fip.contents if self.raw_fi else fip.contents.fh
         name = None if path is None else path.decode(self.encoding, self.errors)
         return self.operations.read_buf(name, bufpp, size, offset, fh)
+
+    def write_buf(self, path: bytes | None, buf: Any, offset: int, fip: Any) -> int:
+        fh = fip.contents if self.raw_fi else fip.contents.fh
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        return self.operations.write_buf(name, buf, offset, fh)

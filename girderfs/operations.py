@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 from .auth import CredentialsRefused
 from .errors import GirderFSError
-from .fuselib import LateClose, configure, mfusepy, reply_buffers
+from .fuselib import LateClose, buffer_size, configure, copy_to_fd, mfusepy, reply_buffers
 from .namespace import Node
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
 from .util import Counter, Tally
@@ -27,7 +27,8 @@ F = TypeVar('F', bound=Callable[..., Any])
 UTIME_NOW, UTIME_OMIT = (1 << 30) - 1, (1 << 30) - 2
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT
 # Calls on open files, which work while the credentials are refused (see fuse_op).
-ON_OPEN_FILES = frozenset({'read', 'read_buf', 'write', 'flush', 'fsync', 'release', 'statfs'})
+ON_OPEN_FILES = frozenset({'read', 'read_buf', 'write', 'write_buf', 'flush', 'fsync', 'release',
+                           'statfs'})
 
 
 def fuse_op(func: F) -> F:
@@ -297,13 +298,24 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
+        return self._write(fi, len(data), lambda fd, at: os.pwrite(fd, data, at), offset)
+
+    @mutating
+    def write_buf(self, path: str | None, buf: Any, offset: int, fi: Any) -> int:
+        """write() without the data passing through Python: libfuse copies its buffer into
+        the spool (fuselib.copy_to_fd)."""
+        return self._write(fi, buffer_size(buf), lambda fd, at: copy_to_fd(buf, fd, at),
+                           offset)
+
+    def _write(self, fi: Any, size: int, put: Callable[[int, int], int], offset: int) -> int:
         handle = self._handle(fi.fh)
         if handle.dirty is None:
             raise GirderFSError(errno.EBADF, 'file not open for writing')
         # O_APPEND: the kernel puts the write at its cached size, which another handle's
         # change (or a listing read meanwhile) may have left behind the real end: that
         # overwrote earlier appends. Appends go to the end of the content we hold.
-        return self.writer.write(handle.dirty, data, None if handle.append else offset)
+        return self.writer.write_with(handle.dirty, size, put,
+                                      None if handle.append else offset)
 
     @mutating
     def truncate(self, path: str, length: int, fh: Any = None) -> int:

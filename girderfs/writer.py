@@ -222,11 +222,17 @@ class Writer:
     # --- data -----------------------------------------------------------------------------
     def write(self, d: PendingFile, data: bytes, offset: int | None) -> int:
         """Write ``data`` at ``offset`` (None: at the end, as O_APPEND does)."""
+        return self.write_with(d, len(data), lambda fd, at: os.pwrite(fd, data, at), offset)
+
+    def write_with(self, d: PendingFile, size: int, put: Callable[[int, int], int],
+                   offset: int | None) -> int:
+        """Write ``size`` bytes at ``offset`` (None: at the end) with ``put(fd, offset)``,
+        which writes them into the spool file and returns how many it wrote."""
         with d.lock:
             if offset is None:
                 offset = d.size
             first_change = not d.modified or d.upload_id is not None
-            n = os.pwrite(d.fd, data, offset)
+            n = put(d.fd, offset) if size else 0
             d.size = max(d.size, offset + n)
             d.mtime_ns = time.time_ns()
             d.modified = True

@@ -50,6 +50,33 @@ def assert_errno(err: int, func, *args):
     assert info.value.errno == err, f'expected {errno.errorcode[err]}, got {info.value!r}'
 
 
+def test_writes_reach_the_spool_through_write_buf(girder, mount, area):
+    """libfuse hands writes to write_buf, which copies its buffer into the spool in C
+    (fuselib.copy_to_fd): no write goes through Python bytes. Unaligned offsets, a hole, a
+    rewrite and an append all land where POSIX says."""
+    _, gp = area
+    m = mount()
+    p = mpath(m, gp) / 'wb.bin'
+    rnd = random.Random(5)
+    want = bytearray(rnd.randbytes(3 * 1024 * 1024 + 17))
+    with open(p, 'wb') as fh:
+        fh.write(want)
+    with open(p, 'r+b') as fh:
+        for at, n in ((12345, 7), (1024 * 1024 - 3, 70000), (len(want) + 4096, 99)):
+            data = rnd.randbytes(n)
+            fh.seek(at)
+            fh.write(data)
+            if at > len(want):
+                want.extend(bytes(at - len(want)))
+            want[at:at + n] = data
+    with open(p, 'ab') as fh:
+        fh.write(b'tail')
+    want.extend(b'tail')
+    assert server_sha512(girder, f'{gp}/wb.bin') == sha(bytes(want))
+    calls = m.status()['fuse_calls']
+    assert calls.get('write_buf', 0) > 0 and 'write' not in calls, calls
+
+
 def test_mkdir_rmdir(girder, mount, area):
     _, gp = area
     m = mount()
