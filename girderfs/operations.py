@@ -19,7 +19,7 @@ from .namespace import Node
 from .reader import FdPart, Part, Reader, ReadPattern, RemoteFile, close_parts, join_parts
 from .util import Counter, Tally
 from .view import FUSE_HIDDEN, STATUS_PATH, View, split
-from .writer import PendingFile, Writer
+from .writer import PendingFile, Writer, pwrite_of
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class GirderOperations(mfusepy.Operations):
 
     @mutating
     def write(self, path: str, data: bytes, offset: int, fi: Any) -> int:
-        return self._write(fi, len(data), lambda fd, at: os.pwrite(fd, data, at), offset)
+        return self._write(fi, len(data), pwrite_of(data), offset)
 
     @mutating
     def write_buf(self, path: str | None, buf: Any, offset: int, fi: Any) -> int:

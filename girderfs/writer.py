@@ -222,7 +222,7 @@ class Writer:
     # --- data -----------------------------------------------------------------------------
     def write(self, d: PendingFile, data: bytes, offset: int | None) -> int:
         """Write ``data`` at ``offset`` (None: at the end, as O_APPEND does)."""
-        return self.write_with(d, len(data), lambda fd, at: os.pwrite(fd, data, at), offset)
+        return self.write_with(d, len(data), pwrite_of(data), offset)
 
     def write_with(self, d: PendingFile, size: int, put: Callable[[int, int], int],
                    offset: int | None) -> int:
@@ -831,6 +831,11 @@ class Writer:
                 if d.fd >= 0:
                     os.close(d.fd)
                     d.fd = -1
+
+
+def pwrite_of(data: bytes) -> Callable[[int, int], int]:
+    """``Writer.write_with``'s ``put`` for bytes at hand: ``pwrite`` them."""
+    return lambda fd, offset: os.pwrite(fd, data, offset)
 
 
 class _SpoolSlice:
